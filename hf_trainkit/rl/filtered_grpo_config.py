@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .advantages import MODES, canonical_mode
+
+
+@dataclass
+class FilteredGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`FilteredGRPOTrainer`].
+
+    It inherits every parameter from [`~trl.GRPOConfig`]; only the reward-filtering parameters are documented here.
+
+    Parameters:
+        > Parameters that control the reward filter
+
+        mode (`str`, *optional*, defaults to `"grpo"`):
+            Training mode: `"grpo"` (TRL's GRPO, unchanged), `"psr"` (positive samples only, advantage +1), `"nsr"`
+            (negative samples only, advantage -`negative_weight`) or `"w-reinforce"` (all samples, +`positive_weight`
+            for positives, -`negative_weight` for negatives). `"w_reinforce"` is accepted.
+        reward_threshold (`float`, *optional*, defaults to `0.5`):
+            A completion is positive when its total reward is `> reward_threshold`, negative otherwise.
+        positive_weight (`float`, *optional*, defaults to `0.1`):
+            λ of W-REINFORCE: the advantage of a positive sample. Must be >= 0.
+        negative_weight (`float`, *optional*, defaults to `1.0`):
+            Magnitude of the advantage of a negative sample in NSR and W-REINFORCE. Must be >= 0.
+        starvation_warning_steps (`int`, *optional*, defaults to `5`):
+            Warn when the filter keeps nothing (PSR: no positive, NSR: no negative, W-REINFORCE: no positive) for
+            this many generation batches in a row. `0` disables the warning.
+        log_mode_summary (`bool`, *optional*, defaults to `True`):
+            Print one console line per generation batch, e.g. `PSR [Step 3]: 5/8 positive samples | Avg reward: …`.
+
+    > [!NOTE]
+    > In the filtered modes, dropped samples are removed from the batch before the forward pass: they cost no
+    > compute and count in no loss denominator. `scale_rewards` only matters in `"grpo"` mode.
+    """
+
+    mode: str = field(
+        default="grpo",
+        metadata={
+            "help": "Training mode: 'grpo', 'psr', 'nsr' or 'w-reinforce' ('w_reinforce' accepted).",
+            "choices": [*MODES, "w_reinforce"],
+        },
+    )
+    reward_threshold: float = field(
+        default=0.5,
+        metadata={"help": "A completion is positive when its total reward is > reward_threshold, negative otherwise."},
+    )
+    positive_weight: float = field(
+        default=0.1,
+        metadata={"help": "Lambda of W-REINFORCE: the advantage of a positive sample. Must be >= 0."},
+    )
+    negative_weight: float = field(
+        default=1.0,
+        metadata={"help": "Magnitude of the advantage of a negative sample in NSR and W-REINFORCE. Must be >= 0."},
+    )
+    starvation_warning_steps: int = field(
+        default=5,
+        metadata={
+            "help": "Warn when the filter keeps nothing for this many generation batches in a row (0 disables)."
+        },
+    )
+    log_mode_summary: bool = field(
+        default=True,
+        metadata={"help": "Print one console line per generation batch with the mode's sample counts and reward."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            from transformers.utils import is_torch_bf16_gpu_available
+
+            # TRL turns bf16 on by default, which fails at once on a machine without a bf16 GPU (a CPU-only host).
+            self.bf16 = bool(is_torch_bf16_gpu_available())
+        super().__post_init__()
+        self.mode = canonical_mode(self.mode)
+        name = type(self).__name__
+        if math.isnan(self.reward_threshold):
+            raise ValueError(f"{name}: reward_threshold=nan can never be crossed; set a number such as 0.5.")
+        for field_name in ("positive_weight", "negative_weight"):
+            value = getattr(self, field_name)
+            if math.isnan(value) or value < 0:
+                raise ValueError(
+                    f"{name}: {field_name}={value!r} must be >= 0 (the sign of the advantage is set by the mode)."
+                )
+        if self.starvation_warning_steps < 0:
+            raise ValueError(f"{name}: starvation_warning_steps={self.starvation_warning_steps!r} must be >= 0.")
+        if self.mode == "w-reinforce" and self.positive_weight == 0:
+            raise ValueError(
+                f"{name}: mode='w-reinforce' with positive_weight=0 is NSR; use mode='nsr' or set positive_weight > 0."
+            )

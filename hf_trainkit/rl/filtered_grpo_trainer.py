@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.utils import logging
+from trl import GRPOTrainer
+
+from .advantages import compute_mode_advantages, format_mode_line, metric_prefix
+from .filtered_grpo_config import FilteredGRPOConfig
+
+
+logger = logging.get_logger(__name__)
+
+# Stats of `compute_mode_advantages` that go into the logs, as `<mode prefix>/<name>`.
+LOGGED_STATS = (
+    "positive_samples",
+    "negative_samples",
+    "kept_samples",
+    "positive_ratio",
+    "negative_ratio",
+    "kept_ratio",
+    "avg_reward",
+    "pos_neg_ratio",
+)
+# Batch entries that are not one row per completion (vision inputs are split by image grid, not by sample): with
+# any of them present, dropped rows are masked out instead of removed.
+_NOT_ROW_ALIGNED = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "image_sizes",
+    "image_position_ids",
+    "num_images",
+    "num_tiles",
+    "token_type_ids",
+    "mm_token_type_ids",
+)
+# Which samples must exist for each filtered mode to have anything to learn from.
+_STARVED_WHEN_NO = {"psr": "positive", "nsr": "negative", "w-reinforce": "positive"}
+
+
+def select_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The batch restricted to the rows where `keep` is true (scalars and `None` pass through).
+
+    If no row is kept, one row stays with its loss mask and advantage zeroed, so that this rank still runs the
+    forward and backward passes that every rank must join under ZeRO-3, while adding nothing to the loss.
+    """
+    batch_size = keep.shape[0]
+    placeholder = not bool(keep.any())
+    if placeholder:
+        keep = torch.zeros_like(keep)
+        keep[0] = True
+    index = keep.nonzero(as_tuple=True)[0]
+    selected = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
+            selected[key] = value.index_select(0, index)
+        elif isinstance(value, list) and len(value) == batch_size:
+            selected[key] = [value[i] for i in index.tolist()]
+        else:
+            selected[key] = value
+    if placeholder:
+        for key in ("completion_mask", "tool_mask", "advantages"):
+            if selected.get(key) is not None:
+                selected[key] = torch.zeros_like(selected[key])
+    return selected
+
+
+def mask_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The batch with dropped rows kept in place but weightless (zero advantage and zero loss mask)."""
+    masked = dict(inputs)
+    for key in ("completion_mask", "tool_mask", "advantages"):
+        value = masked.get(key)
+        if value is not None:
+            row_keep = keep.view(-1, *([1] * (value.dim() - 1)))
+            masked[key] = value * row_keep.to(value.dtype)
+    return masked
+
+
+class FilteredGRPOTrainer(GRPOTrainer):
+    """
+    [`~trl.GRPOTrainer`] with the reward-filtered modes of Zhu et al. (2025): GRPO, PSR, NSR and W-REINFORCE.
+
+    It takes the same arguments as [`~trl.GRPOTrainer`], with a [`FilteredGRPOConfig`] as `args`. Two hooks change:
+
+    - `_generate_and_score_completions`: after TRL has scored the completions, the advantages are replaced by the
+      mode's advantages ([`compute_mode_advantages`] on the rewards of the whole, all-process batch), the kept rows
+      are marked, and the mode metrics (`psr/positive_samples`, `nsr/kept_ratio`, ...) are recorded.
+    - `_compute_loss`: dropped rows are removed before the forward pass, and `num_items_in_batch` counts only kept
+      tokens, so the loss is TRL's loss on the kept samples alone, for every `loss_type`.
+
+    In mode `"grpo"` the advantages and the loss are TRL's own; only unscorable completions (every reward function
+    returned `None`, advantage 0 in TRL) are left out of the loss instead of diluting its denominator.
+
+    Example:
+
+    ```python
+    >>> from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
+    >>> args = FilteredGRPOConfig(output_dir="runs/nsr", mode="nsr", num_generations=8)
+    >>> trainer = FilteredGRPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=my_reward, args=args,
+    ...                               train_dataset=dataset)
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "grpo", "hf_trainkit", "filtered-grpo"]
+    _name = "FilteredGRPO"
+
+    def __init__(self, model, reward_funcs=None, args: FilteredGRPOConfig | None = None, *pargs, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            args = FilteredGRPOConfig(f"{str(model_name).split('/')[-1] or 'model'}-FilteredGRPO")
+        elif not isinstance(args, FilteredGRPOConfig):
+            raise TypeError(
+                f"FilteredGRPOTrainer: args must be a FilteredGRPOConfig, got {type(args).__name__}; "
+                "build one with FilteredGRPOConfig(mode=..., **your_grpo_config_kwargs)."
+            )
+        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._starved_batches = 0
+        self._warned_non_row_aligned = False
+
+    # --- scoring: the mode's advantages and kept rows -------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func  # already gathered over all processes
+        return rewards_per_func
+
+    def _total_rewards(self) -> torch.Tensor:
+        """Weighted sum of the reward functions per completion (TRL's `reward`), NaN where all returned `None`."""
+        per_func = self._last_rewards_per_func
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        args = self.args
+        rewards = self._total_rewards()
+        result = compute_mode_advantages(
+            rewards.detach().float().cpu(),
+            args.mode,
+            threshold=args.reward_threshold,
+            positive_weight=args.positive_weight,
+            negative_weight=args.negative_weight,
+            num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
+            scale_rewards=self.scale_rewards,
+        )
+        local_size = output["completion_ids"].shape[0]
+        process_slice = slice(
+            self.accelerator.process_index * local_size, (self.accelerator.process_index + 1) * local_size
+        )
+        device = output["advantages"].device
+        if args.mode != "grpo":
+            output["advantages"] = result.advantages[process_slice].to(device=device, dtype=output["advantages"].dtype)
+            self._replace_logged_advantages(result.advantages)
+        # `result` comes from the all-process rewards, so this branch is taken on every rank or on none: the
+        # gather inside it is a collective.
+        if not bool(result.keep.all()):
+            keep = result.keep[process_slice].to(device)
+            loss_mask = output["completion_mask"]
+            if output.get("tool_mask") is not None:
+                loss_mask = loss_mask * output["tool_mask"]
+            kept_tokens = (loss_mask * keep.unsqueeze(1).to(loss_mask.dtype)).sum()
+            output["num_items_in_batch"] = self.accelerator.gather(kept_tokens).sum()
+            output["keep"] = keep
+
+        prefix = metric_prefix(args.mode)
+        for name in LOGGED_STATS:
+            if name in result.stats:
+                self._metrics[mode][f"{prefix}/{name}"].append(result.stats[name])
+        if mode == "train":
+            if args.log_mode_summary and self.accelerator.is_main_process:
+                print(format_mode_line(args.mode, self.state.global_step, result.stats), flush=True)
+            self._check_starvation(result.stats, rewards)
+        return output
+
+    def _replace_logged_advantages(self, advantages: torch.Tensor):
+        # TRL's completions table (log_completions) shows the advantages it computed; show the ones we train on.
+        logged = self._logs["advantages"]
+        if len(logged) >= advantages.numel():
+            for _ in range(advantages.numel()):
+                logged.pop()
+            logged.extend(advantages.tolist())
+
+    def _check_starvation(self, stats: dict[str, float], rewards: torch.Tensor):
+        kind = _STARVED_WHEN_NO.get(self.args.mode)
+        patience = self.args.starvation_warning_steps
+        if kind is None or not patience:
+            return
+        if stats[f"{kind}_samples"] > 0:
+            self._starved_batches = 0
+            return
+        self._starved_batches += 1
+        if self._starved_batches != patience or not self.accelerator.is_main_process:
+            return
+        scorable = rewards[~torch.isnan(rewards)]
+        seen = f"[{scorable.min().item():.3g}, {scorable.max().item():.3g}]" if scorable.numel() else "all unscorable"
+        direction = "lower" if kind == "positive" else "raise"
+        relation = ">" if kind == "positive" else "<="
+        logger.warning(
+            f"{self.args.mode.upper()}: 0/{int(stats['total_samples'])} {kind} samples (reward {relation} "
+            f"reward_threshold={self.args.reward_threshold}) for {patience} generation batches in a row, so nothing "
+            f"is trained on; rewards seen: {seen}. {direction.capitalize()} --reward-threshold, raise "
+            f"--num-generations, or check the reward function."
+        )
+
+    # --- loss: only the kept rows reach the model ------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs):
+        keep = inputs.get("keep")
+        if keep is None:
+            return super()._compute_loss(model, inputs)
+        if any(inputs.get(key) is not None for key in _NOT_ROW_ALIGNED):
+            if not self._warned_non_row_aligned:
+                self._warned_non_row_aligned = True
+                logger.warning(
+                    "FilteredGRPOTrainer: this batch has per-image inputs, so dropped samples are masked (zero "
+                    "weight) instead of removed; they still cost a forward pass and count in per-sequence means."
+                )
+            return super()._compute_loss(model, mask_rows(inputs, keep))
+        return super()._compute_loss(model, select_rows(inputs, keep))

@@ -1,0 +1,67 @@
+"""Reward functions that `scripts/train_grpo.py` can name with `--reward-func`, and the resolver for the flag."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+
+from ..toy import digit_rule_reward
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def _final_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{}``, else the last number in the text."""
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return boxed[-1].strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _same_answer(predicted: str, reference: str) -> bool:
+    try:
+        return abs(float(predicted) - float(reference)) < 1e-6
+    except ValueError:
+        return predicted.replace(" ", "") == reference.replace(" ", "")
+
+
+def exact_answer_reward(completions: list, answer: list, **kwargs) -> list[float]:
+    """``1.0`` when the completion's final answer (last ``\\boxed{}`` or last number) equals the ``answer`` column.
+
+    The verifiable reward of math RLVR datasets (e.g. GSM8K-style ``answer`` columns ending in ``#### 42``).
+    """
+    rewards = []
+    for completion, reference in zip(completions, answer, strict=True):
+        text = completion if isinstance(completion, str) else completion[-1]["content"]
+        reference = str(reference).split("####")[-1].strip()
+        predicted = _final_answer(text)
+        rewards.append(1.0 if predicted is not None and _same_answer(predicted, reference) else 0.0)
+    return rewards
+
+
+BUILTIN_REWARDS: dict[str, Callable] = {
+    "digit_rule": digit_rule_reward,
+    "exact_answer": exact_answer_reward,
+}
+
+
+def resolve_reward_func(spec: str) -> Callable:
+    """A built-in reward name (``digit_rule``, ``exact_answer``) or an import path ``package.module:function``."""
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise ValueError(
+            f"--reward-func {spec!r} is neither a built-in ({', '.join(BUILTIN_REWARDS)}) nor 'module:function'."
+        )
+    try:
+        func = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"--reward-func {spec!r} cannot be imported: {error}") from None
+    if not callable(func):
+        raise ValueError(f"--reward-func {spec!r} is not callable.")
+    return func
