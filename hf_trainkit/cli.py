@@ -1,0 +1,53 @@
+"""`hf-trainkit`: the command-line entry point.
+
+Each subcommand imports its module only when it runs, so `hf-trainkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _run_train_grpo(rest: list[str]) -> int:
+    from .rl.train_grpo import main
+
+    return main(rest)
+
+
+def _run_demo(rest: list[str]) -> int:
+    from .demo import main
+
+    return main(rest)
+
+
+# name -> (help, runner taking the remaining argv). The runners own their flags and their --help.
+COMMANDS = {
+    "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (same flags as scripts/train_grpo.py)", _run_train_grpo),
+    "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-trainkit", description="hf_trainkit command line.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hf_trainkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # handles --help, --version and unknown commands (exit 2)
+        parser.print_help(sys.stderr)
+        return 1
+    return COMMANDS[argv[0]][1](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""scripts/train_grpo.py, scripts/demo.py and `hf-trainkit` as a user runs them: real subprocesses, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "scripts" / "train_grpo.py"
+
+
+def run_script(*argv, cwd=None, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def log_history(output_dir):
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+
+
+def test_train_script_nsr_writes_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "nsr"
+    result = run_script(TRAIN, "--mode", "nsr", "--output-dir", out, "--max-steps", "4", "--save-steps", "2",
+                        "--save-total-limit", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NSR [Step 0]:" in result.stdout and "negative samples" in result.stdout
+    history = log_history(out)
+    steps = [h for h in history if "nsr/negative_samples" in h]
+    assert len(steps) == 4
+    assert all(h["nsr/kept_ratio"] == pytest.approx(h["nsr/negative_ratio"]) for h in steps)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_snake_case_aliases_and_no_checkpoints(tmp_path):
+    out = tmp_path / "wr"
+    result = run_script(TRAIN, "--mode", "w_reinforce", "--output_dir", out, "--max_steps", "2",
+                        "--positive_weight", "0.3", "--no-save-checkpoints", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "W-REINFORCE [Step" not in result.stdout
+    assert not list(out.glob("checkpoint-*"))
+    assert any("w_reinforce/pos_neg_ratio" in h for h in log_history(out))
+
+
+def test_saved_model_directory_and_dataset_file(tmp_path, toy_tokenizer):
+    """A model given by path and a dataset given as a .jsonl file take the same path as a hub model would."""
+    from hf_trainkit.toy import build_tiny_model
+
+    model_dir = tmp_path / "tiny-model"
+    build_tiny_model(toy_tokenizer, seed=1).save_pretrained(model_dir)
+    toy_tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{r} =", "rule": r}) + "\n" for r in ["even", "odd"] * 8))
+    out = tmp_path / "run"
+    result = run_script(TRAIN, "--mode", "psr", "--model", model_dir, "--dataset", data, "--prompt-column",
+                        "question", "--reward-func", "digit_rule", "--output-dir", out, "--max-steps", "2",
+                        "--max-completion-length", "4", "--learning-rate", "1e-3", "--no-save-checkpoints")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any("psr/positive_samples" in h for h in log_history(out))
+
+
+def test_lora_flag(tmp_path):
+    out = tmp_path / "lora"
+    result = run_script(TRAIN, "--mode", "psr", "--lora", "--lora-r", "4", "--output-dir", out, "--max-steps", "2",
+                        "--save-steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoint-2" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--mode", "nsrr"], "mode='nsrr' is not supported; use one of 'grpo', 'psr', 'nsr', 'w-reinforce'"),
+        (["--mode", "psr", "--positive-weight", "-1"], "argument --positive-weight/--positive_weight: must be >= 0"),
+        (["--mode", "psr", "--dataset", "missing.jsonl"], "--dataset missing.jsonl: cannot be loaded"),
+        (["--mode", "psr", "--reward-func", "nope"], "--reward-func 'nope' is neither a built-in"),
+        (["--mode", "psr", "--per-device-train-batch-size", "6"], "must be a multiple of --num-generations 8"),
+        (["--mode", "psr", "--max-steps", "0"], "--max-steps 0: use a positive number of steps"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message):
+    result = run_script(TRAIN, *argv, "--output-dir", tmp_path / "bad", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "bad" / "trainer_state.json").exists()
+
+
+def test_dataset_without_prompt_column(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "even =", "answer": "2"}) + "\n")
+    result = run_script(TRAIN, "--mode", "psr", "--dataset", data, "--output-dir", tmp_path / "o")
+    assert result.returncode == 2
+    assert f"--dataset {data}: no column 'prompt' (columns: text, answer); pass --prompt-column." in result.stderr
+
+
+def test_unreachable_threshold_warns_with_advice(tmp_path):
+    result = run_script(TRAIN, "--mode", "psr", "--reward-threshold", "2.0", "--output-dir", tmp_path / "o",
+                        "--max-steps", "6", "--no-save-checkpoints", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PSR: 0/16 positive samples (reward > reward_threshold=2.0) for 5 generation batches in a row" in (
+        result.stderr
+    )
+    assert "Lower --reward-threshold" in result.stderr
+    assert result.stderr.count("generation batches in a row") == 1  # once per episode, not every step
+
+
+def test_demo_and_cli(tmp_path):
+    result = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for mode in ("grpo", "psr", "nsr", "w-reinforce"):
+        assert (tmp_path / "demo" / mode / "trainer_state.json").exists()
+        assert f"\n{mode} " in result.stdout
+    cli = run_script("-m", "hf_trainkit.cli")
+    assert cli.returncode == 1 and "train-grpo" in cli.stderr
+    help_text = run_script("-m", "hf_trainkit.cli", "train-grpo", "--help")
+    assert help_text.returncode == 0 and "--reward-threshold" in help_text.stdout
