@@ -1,0 +1,229 @@
+"""Curve diagnostics: pure functions on (steps, values), shared by `monitor` and the live callbacks.
+
+No torch, no numpy: plain floats, so the monitor runs on a laptop without the training stack. The words and
+thresholds here are the ones every caller prints, so a finding reads the same live and post hoc.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+
+VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "diverged", "too short")
+# Relative change of the smoothed curve over its last quarter above which a run is "still improving".
+IMPROVING_FRACTION = 0.02
+# Share of the first-to-best improvement a run must have made to be called "converged" rather than "plateau".
+CONVERGED_FRACTION = 0.10
+# Robust z-score (median/MAD over the trailing window) above which a point is a spike.
+SPIKE_Z = 6.0
+SPIKE_WINDOW = 20
+# Eval worse than its best by this share of the train improvement, while train still improves: overfitting.
+OVERFIT_FRACTION = 0.05
+ADVICE = {
+    "converged": "Training has flattened after improving: more steps will not help much; compare checkpoints or "
+    "change the data or model to go further.",
+    "still improving": "The metric is still moving the right way: train longer (raise --max-steps or "
+    "--num-train-epochs).",
+    "plateau": "The metric stopped improving early: raise the learning rate, check the data and reward, or for RL "
+    "raise --num-generations / lower --reward-threshold.",
+    "overfitting": "Eval is getting worse while train improves: stop earlier (the best checkpoint is at the eval "
+    "minimum), add data, regularise (weight decay, dropout, LoRA rank) or lower the learning rate.",
+    "unstable": "The curve has spikes: lower the learning rate, enable or tighten gradient clipping "
+    "(--max-grad-norm), or raise the batch size.",
+    "diverged": "The run blew up (non-finite values or far worse than at the start): lower the learning rate, "
+    "check for bad data, and resume from a checkpoint before the divergence.",
+    "too short": "Too few logged points to judge: log more often (--logging-steps) or train longer.",
+}
+
+
+def is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average; non-finite values pass through unsmoothed.
+
+    ``weight`` is the smoothing slider (0 = raw, 0.99 = very smooth). Debiasing divides by ``1 - weight**n`` so the
+    first points are not pulled towards 0.
+    """
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight={weight!r} must be in [0, 1).")
+    smoothed, last, count = [], 0.0, 0
+    for value in values:
+        if not is_finite(value):
+            smoothed.append(value)
+            continue
+        last = last * weight + (1 - weight) * value
+        count += 1
+        smoothed.append(last / (1 - weight**count))
+    return smoothed
+
+
+@dataclass
+class Finding:
+    """One problem in a curve: what (``kind``), where (``step``), the numbers behind it, and what to try."""
+
+    kind: str
+    step: float | None
+    message: str
+    advice: str = ""
+    numbers: dict = field(default_factory=dict)
+
+
+def find_non_finite(steps: Sequence[float], values: Sequence[float], name: str = "value") -> list[Finding]:
+    """One finding at the first non-finite value (NaN, ±inf, None), with the count."""
+    bad = [(step, value) for step, value in zip(steps, values) if not is_finite(value)]
+    if not bad:
+        return []
+    step, value = bad[0]
+    return [Finding("non_finite", step, f"{name} is {value} at step {step:g} ({len(bad)} non-finite of "
+                    f"{len(values)})", ADVICE["diverged"], {"count": len(bad)})]
+
+
+def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, window: int = SPIKE_WINDOW,
+                z_threshold: float = SPIKE_Z) -> list[Finding]:
+    """Points whose robust z-score against the trailing `window` exceeds `z_threshold` (one finding each)."""
+    findings = []
+    history: list[float] = []
+    for step, value in zip(steps, values):
+        if not is_finite(value):
+            continue
+        if len(history) >= max(5, window // 2):
+            recent = history[-window:]
+            median = statistics.median(recent)
+            mad = statistics.median(abs(v - median) for v in recent) * 1.4826
+            scale = mad if mad > 0 else (abs(median) * 1e-3 or 1e-12)
+            z = (value - median) / scale
+            if abs(z) > z_threshold:
+                findings.append(Finding("spike", step, f"{name} spike at step {step:g}: {value:.4g} vs median "
+                                        f"{median:.4g} (robust z={z:.1f})", ADVICE["unstable"], {"z": z}))
+        history.append(value)
+    return findings
+
+
+def improvement(first: float, last: float, mode: str) -> float:
+    """How much better `last` is than `first` (positive = better), in the metric's units."""
+    return (first - last) if mode == "min" else (last - first)
+
+
+def steps_since_improvement(values: Sequence[float], mode: str = "min", min_delta: float = 0.0,
+                            relative: bool = True) -> int:
+    """Number of points since the last one that beat the best so far by more than `min_delta`.
+
+    With ``relative=True`` the threshold is ``min_delta * |best|``, as for noisy losses of any scale.
+    """
+    best, since = None, 0
+    for value in values:
+        if not is_finite(value):
+            since += 1
+            continue
+        threshold = min_delta * abs(best) if (relative and best is not None) else min_delta
+        if best is None or improvement(best, value, mode) > threshold:
+            best, since = value, 0
+        else:
+            since += 1
+    return since
+
+
+@dataclass
+class Diagnosis:
+    """The verdict on one curve (one of `VERDICTS`), why, and what to try."""
+
+    verdict: str
+    reason: str
+    advice: str
+    numbers: dict = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def diagnose(
+    steps: Sequence[float],
+    values: Sequence[float],
+    *,
+    mode: str = "min",
+    name: str = "loss",
+    eval_steps: Sequence[float] = (),
+    eval_values: Sequence[float] = (),
+    smoothing: float = 0.6,
+) -> Diagnosis:
+    """Classify a training curve: converged, still improving, plateau, overfitting, unstable, diverged, too short.
+
+    Args:
+        steps, values: the monitored metric (train loss, or the reward for RL runs).
+        mode: ``"min"`` when lower is better (loss), ``"max"`` when higher is better (reward).
+        name: the metric's name, used in the messages.
+        eval_steps, eval_values: the eval loss, if any (overfitting needs it; always ``"min"``).
+        smoothing: TensorBoard EMA weight applied before judging trends.
+
+    Returns:
+        [`Diagnosis`] whose `numbers` hold the figures behind the verdict.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode={mode!r} must be 'min' or 'max'.")
+    findings = find_non_finite(steps, values, name)
+    pairs = [(s, v) for s, v in zip(steps, values) if is_finite(v)]
+    if len(pairs) < 4:
+        return Diagnosis("too short", f"only {len(pairs)} finite {name} values", ADVICE["too short"],
+                         {"points": len(pairs)}, findings)
+    finite_steps, finite_values = zip(*pairs)
+    smooth = ema(finite_values, smoothing)
+    first, final = smooth[0], smooth[-1]
+    best = min(smooth) if mode == "min" else max(smooth)
+    quarter = smooth[max(0, (3 * len(smooth)) // 4 - 1)]
+    scale = max(abs(improvement(first, best, mode)), abs(first) * 1e-3, 1e-12)
+    recent_change = improvement(quarter, final, mode) / scale
+    total_change = improvement(first, best, mode) / max(abs(first), abs(best), 1e-12)
+    numbers = {
+        "first": first, "final": final, "best": best, "points": len(pairs),
+        "recent_change_of_total": recent_change, "total_change_relative": total_change,
+    }
+    spikes = find_spikes(finite_steps, finite_values, name)
+    findings.extend(spikes)
+    numbers["spikes"] = len(spikes)
+
+    tail_non_finite = values and not is_finite(values[-1])
+    worse_than_start = improvement(first, final, mode) < -0.5 * max(abs(first), 1e-12)
+    if tail_non_finite or worse_than_start:
+        reason = (f"last {name} is {values[-1]}" if tail_non_finite
+                  else f"smoothed {name} went from {first:.4g} to {final:.4g}, far worse than at the start")
+        return Diagnosis("diverged", reason, ADVICE["diverged"], numbers, findings)
+
+    eval_pairs = [(s, v) for s, v in zip(eval_steps, eval_values) if is_finite(v)]
+    if len(eval_pairs) >= 3:
+        eval_only = [v for _, v in eval_pairs]
+        eval_best = min(eval_only)
+        eval_best_step = eval_pairs[eval_only.index(eval_best)][0]
+        gap = eval_only[-1] - eval_best
+        numbers.update(eval_best=eval_best, eval_best_step=eval_best_step, eval_final=eval_only[-1])
+        train_gain = improvement(first, final, mode)
+        if gap > OVERFIT_FRACTION * max(abs(eval_best), 1e-12) and eval_only[-1] == max(eval_only[-2:]) \
+                and recent_change > 0 and train_gain > 0:
+            return Diagnosis(
+                "overfitting",
+                f"eval loss rose from its best {eval_best:.4g} (step {eval_best_step:g}) to {eval_only[-1]:.4g} "
+                f"while train {name} kept improving",
+                ADVICE["overfitting"], numbers, findings)
+
+    if len(spikes) >= 3 or len(spikes) > 0.05 * len(pairs):
+        return Diagnosis("unstable", f"{len(spikes)} spikes in {len(pairs)} points (robust z > {SPIKE_Z:g})",
+                         ADVICE["unstable"], numbers, findings)
+    if recent_change > IMPROVING_FRACTION:
+        return Diagnosis(
+            "still improving",
+            f"smoothed {name} improved by {recent_change:.0%} of its total gain over the last quarter "
+            f"({quarter:.4g} -> {final:.4g})",
+            ADVICE["still improving"], numbers, findings)
+    if abs(total_change) > CONVERGED_FRACTION:
+        return Diagnosis(
+            "converged",
+            f"smoothed {name} went from {first:.4g} to {final:.4g} ({total_change:+.0%}) and changed by less than "
+            f"{IMPROVING_FRACTION:.0%} of that over the last quarter",
+            ADVICE["converged"], numbers, findings)
+    return Diagnosis("plateau", f"smoothed {name} changed by only {total_change:+.1%} ({first:.4g} -> {final:.4g})",
+                     ADVICE["plateau"], numbers, findings)
