@@ -15,6 +15,12 @@ def _run_train_grpo(rest: list[str]) -> int:
     return main(rest)
 
 
+def _run_monitor(rest: list[str]) -> int:
+    from .monitor.command import main
+
+    return main(rest)
+
+
 def _run_demo(rest: list[str]) -> int:
     from .demo import main
 
@@ -24,6 +30,7 @@ def _run_demo(rest: list[str]) -> int:
 # name -> (help, runner taking the remaining argv). The runners own their flags and their --help.
 COMMANDS = {
     "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (same flags as scripts/train_grpo.py)", _run_train_grpo),
+    "monitor": ("plot one run or compare many from trainer_state.json, with a diagnosis", _run_monitor),
     "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
 }
 

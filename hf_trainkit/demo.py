@@ -59,5 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_demo(args.output_dir, args.max_steps, args.seed)
     print()
     print(format_table(rows))
-    print(f"\nEach run's trainer_state.json (every logged metric, e.g. psr/positive_ratio) is in its directory.")
+    from .monitor.command import main as monitor_main
+
+    compare_dir = os.path.join(args.output_dir, "compare")
+    with contextlib.redirect_stdout(io.StringIO()):
+        monitor_main([row["output_dir"] for row in rows] + ["--output-dir", compare_dir, "--no-progress"])
+    print(f"\nComparison (figures, summary.txt, report.html): {compare_dir}")
+    print(f"  same as: hf-trainkit monitor {' '.join(row['output_dir'] for row in rows)} --output-dir {compare_dir}")
     return 0

@@ -83,9 +83,19 @@ def find_non_finite(steps: Sequence[float], values: Sequence[float], name: str =
                     f"{len(values)})", ADVICE["diverged"], {"count": len(bad)})]
 
 
-def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, window: int = SPIKE_WINDOW,
-                z_threshold: float = SPIKE_Z) -> list[Finding]:
-    """Points whose robust z-score against the trailing `window` exceeds `z_threshold` (one finding each)."""
+def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, mode: str = "min",
+                window: int = SPIKE_WINDOW, z_threshold: float = SPIKE_Z) -> list[Finding]:
+    """Points that jump the wrong way (up for ``mode="min"``, down for ``"max"``) by more than `z_threshold`
+    robust standard deviations (median/MAD) of the trailing `window`.
+
+    The scale never falls below 1% of the curve's whole range, so a loss resting near 0 (MAD ~ 0) does not turn
+    every wiggle into a spike.
+    """
+    finite = [v for v in values if is_finite(v)]
+    if not finite:
+        return []
+    floor = max(0.01 * (max(finite) - min(finite)), 1e-12)
+    sign = 1.0 if mode == "min" else -1.0
     findings = []
     history: list[float] = []
     for step, value in zip(steps, values):
@@ -95,9 +105,8 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
             recent = history[-window:]
             median = statistics.median(recent)
             mad = statistics.median(abs(v - median) for v in recent) * 1.4826
-            scale = mad if mad > 0 else (abs(median) * 1e-3 or 1e-12)
-            z = (value - median) / scale
-            if abs(z) > z_threshold:
+            z = (value - median) / max(mad, floor)
+            if sign * z > z_threshold:
                 findings.append(Finding("spike", step, f"{name} spike at step {step:g}: {value:.4g} vs median "
                                         f"{median:.4g} (robust z={z:.1f})", ADVICE["unstable"], {"z": z}))
         history.append(value)
@@ -183,7 +192,7 @@ def diagnose(
         "first": first, "final": final, "best": best, "points": len(pairs),
         "recent_change_of_total": recent_change, "total_change_relative": total_change,
     }
-    spikes = find_spikes(finite_steps, finite_values, name)
+    spikes = find_spikes(finite_steps, finite_values, name, mode=mode)
     findings.extend(spikes)
     numbers["spikes"] = len(spikes)
 
@@ -202,8 +211,7 @@ def diagnose(
         gap = eval_only[-1] - eval_best
         numbers.update(eval_best=eval_best, eval_best_step=eval_best_step, eval_final=eval_only[-1])
         train_gain = improvement(first, final, mode)
-        if gap > OVERFIT_FRACTION * max(abs(eval_best), 1e-12) and eval_only[-1] == max(eval_only[-2:]) \
-                and recent_change > 0 and train_gain > 0:
+        if gap > OVERFIT_FRACTION * max(abs(eval_best), 1e-12) and train_gain > 0:
             return Diagnosis(
                 "overfitting",
                 f"eval loss rose from its best {eval_best:.4g} (step {eval_best_step:g}) to {eval_only[-1]:.4g} "
@@ -213,17 +221,17 @@ def diagnose(
     if len(spikes) >= 3 or len(spikes) > 0.05 * len(pairs):
         return Diagnosis("unstable", f"{len(spikes)} spikes in {len(pairs)} points (robust z > {SPIKE_Z:g})",
                          ADVICE["unstable"], numbers, findings)
+    if abs(total_change) <= CONVERGED_FRACTION:
+        return Diagnosis("plateau", f"smoothed {name} changed by only {total_change:+.1%} ({first:.4g} -> {final:.4g})",
+                         ADVICE["plateau"], numbers, findings)
     if recent_change > IMPROVING_FRACTION:
         return Diagnosis(
             "still improving",
             f"smoothed {name} improved by {recent_change:.0%} of its total gain over the last quarter "
             f"({quarter:.4g} -> {final:.4g})",
             ADVICE["still improving"], numbers, findings)
-    if abs(total_change) > CONVERGED_FRACTION:
-        return Diagnosis(
-            "converged",
-            f"smoothed {name} went from {first:.4g} to {final:.4g} ({total_change:+.0%}) and changed by less than "
-            f"{IMPROVING_FRACTION:.0%} of that over the last quarter",
-            ADVICE["converged"], numbers, findings)
-    return Diagnosis("plateau", f"smoothed {name} changed by only {total_change:+.1%} ({first:.4g} -> {final:.4g})",
-                     ADVICE["plateau"], numbers, findings)
+    return Diagnosis(
+        "converged",
+        f"smoothed {name} went from {first:.4g} to {final:.4g} ({total_change:+.0%}) and changed by less than "
+        f"{IMPROVING_FRACTION:.0%} of that over the last quarter",
+        ADVICE["converged"], numbers, findings)

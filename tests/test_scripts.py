@@ -116,6 +116,10 @@ def test_demo_and_cli(tmp_path):
     for mode in ("grpo", "psr", "nsr", "w-reinforce"):
         assert (tmp_path / "demo" / mode / "trainer_state.json").exists()
         assert f"\n{mode} " in result.stdout
+    compare = tmp_path / "demo" / "compare"
+    assert (compare / "mode_metrics.png").exists() and (compare / "report.html").exists()
+    ranked = json.loads((compare / "summary.json").read_text())["ranking"]
+    assert sorted(row["label"] for row in ranked) == ["grpo", "nsr", "psr", "w-reinforce"]
     cli = run_script("-m", "hf_trainkit.cli")
     assert cli.returncode == 1 and "train-grpo" in cli.stderr
     help_text = run_script("-m", "hf_trainkit.cli", "train-grpo", "--help")

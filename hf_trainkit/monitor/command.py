@@ -1,0 +1,202 @@
+"""`hf-trainkit monitor RUN [RUN ...]`: plot one run or compare many, with a written diagnosis."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from .load import MonitorInputError, RunHistory, load_run
+
+
+X_AXES = ("step", "epoch", "time")
+
+
+def _smoothing(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _watch_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def monitor_command_parser(subparsers=None) -> argparse.ArgumentParser:
+    description = ("Plot one training run or compare several from their trainer_state.json, and write a summary with "
+                   "a diagnosis. A RUN is an output dir (its newest state is used), a checkpoint dir, or a "
+                   "trainer_state.json file; globs such as 'runs/*-2025' are expanded.")
+    if subparsers is not None:
+        parser = subparsers.add_parser("monitor", help="plot or compare runs from trainer_state.json",
+                                       description=description)
+    else:
+        parser = argparse.ArgumentParser(prog="hf-trainkit monitor", description=description)
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="output dir, checkpoint dir or trainer_state.json")
+    parser.add_argument("--labels", "--label", nargs="+", metavar="LABEL",
+                        help="one label per RUN, in order (default: the run directory's name)")
+    parser.add_argument("--output-dir", "--output_dir", default="plots", metavar="DIR",
+                        help="where figures, summary.txt/json and report.html go (default: %(default)s)")
+    parser.add_argument("--x", choices=X_AXES, default="step", help="x axis (default: %(default)s)")
+    parser.add_argument("--smooth", type=_smoothing, default=0.6, metavar="W",
+                        help="TensorBoard EMA smoothing weight in [0, 1); raw curve drawn faintly behind; 0 = raw "
+                        "(default: %(default)s)")
+    parser.add_argument("--log-y", "--log_y", action="store_true", help="logarithmic y axis")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="PATTERN",
+                        help="also plot every logged key matching these globs (e.g. 'rewards/*' 'eval_*')")
+    parser.add_argument("--group-by", "--group_by", default=None, metavar="REGEX",
+                        help="group runs whose labels give the same first capture group (e.g. '(.*)-seed\\d+') "
+                        "into a mean line with a min-max band")
+    parser.add_argument("--watch", nargs="?", const=30.0, type=_watch_seconds, default=None, metavar="SECONDS",
+                        help="re-read and re-render every SECONDS (default 30) until interrupted")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    if subparsers is not None:
+        parser.set_defaults(func=monitor_command)
+    return parser
+
+
+def expand_runs(patterns: list[str]) -> list[str]:
+    runs = []
+    for pattern in patterns:
+        if any(char in pattern for char in "*?[") and not os.path.exists(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise MonitorInputError(f"{pattern}: the pattern matches nothing.")
+            runs.extend(matches)
+        else:
+            runs.append(pattern)
+    return runs
+
+
+class _Progress:
+    """A tqdm bar on stderr for long jobs only; quiet otherwise (and when tqdm is missing)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, count: int = 1):
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_runs(paths: list[str], labels: list[str] | None, show_progress: bool) -> tuple[list[RunHistory], list[str]]:
+    runs, errors = [], []
+    progress = _Progress(len(paths), show_progress and len(paths) >= 4, "reading runs")
+    for index, path in enumerate(paths):
+        try:
+            runs.append(load_run(path, labels[index] if labels else None))
+        except MonitorInputError as error:
+            errors.append(str(error))
+        progress()
+    progress.close()
+    return runs, errors
+
+
+def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool) -> list[Path]:
+    from .grouping import group_runs
+    from .plots import write_figures
+    from .report import write_report
+    from .summary import format_ranking, format_summary, ranking, summarize
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plotted = group_runs(runs, args.group_by) if args.group_by else runs
+    entries = sum(len(s) for run in runs for s in run.train.values())
+    progress = _Progress(8 + len(args.metrics), show_progress and (len(runs) >= 4 or entries > 200_000), "plotting")
+    figures = write_figures(plotted, output_dir, x=args.x, smooth=args.smooth, log_y=args.log_y,
+                            metrics=args.metrics, progress=progress)
+    progress.close()
+    summaries = [summarize(run, smoothing=max(args.smooth, 0.6)) for run in runs]
+    ranking_rows = ranking(summaries) if len(runs) > 1 else None
+    text = "\n\n".join(format_summary(summary) for summary in summaries)
+    if ranking_rows:
+        text += "\n\n== ranking (by final " + ", ".join(sorted({str(r["metric"]) for r in ranking_rows})) + ")\n"
+        text += format_ranking(ranking_rows)
+    written = list(figures)
+    summary_txt = output_dir / "summary.txt"
+    summary_txt.write_text(text + "\n", encoding="utf-8")
+    summary_json = output_dir / "summary.json"
+    summary_json.write_text(json.dumps(_strict_json({"runs": summaries, "ranking": ranking_rows}), indent=2,
+                                       default=str, allow_nan=False), encoding="utf-8")
+    written += [summary_txt, summary_json, write_report(output_dir / "report.html", summaries, figures, ranking_rows)]
+    return written
+
+
+def _strict_json(value):
+    """NaN/Infinity -> None, so that summary.json parses in every JSON reader (not only Python's)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def monitor_command(args) -> int:
+    if args.labels and len(args.labels) != len(args.runs):
+        raise MonitorInputError(f"--labels: {len(args.labels)} labels for {len(args.runs)} runs; give one per RUN.")
+    if args.group_by:
+        try:
+            re.compile(args.group_by)
+        except re.error as error:
+            raise MonitorInputError(f"--group-by {args.group_by!r}: not a regular expression ({error}).") from None
+    paths = expand_runs(args.runs)
+    labels = args.labels if args.labels and len(paths) == len(args.labels) else None
+    if args.labels and labels is None:
+        raise MonitorInputError(f"--labels: {len(args.labels)} labels but the RUN patterns expand to {len(paths)} runs.")
+    output_dir = Path(args.output_dir)
+    show_progress = not args.no_progress
+    while True:
+        runs, errors = load_runs(paths, labels, show_progress)
+        for error in errors:
+            print(f"hf-trainkit monitor: {error}", file=sys.stderr)
+        if runs:
+            written = render(runs, args, output_dir, show_progress)
+            if args.watch is None:
+                print(f"Wrote {len(written)} files to {output_dir}:")
+                for path in written:
+                    print(f"  {path}")
+            else:
+                print(f"[{time.strftime('%H:%M:%S')}] rendered {len(runs)} run(s) into {output_dir}", flush=True)
+        if args.watch is None:
+            if not runs:
+                return 2
+            return 2 if errors else 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = monitor_command_parser()
+    args = parser.parse_args(argv)
+    try:
+        return monitor_command(args)
+    except MonitorInputError as error:
+        if os.environ.get("HF_TRAINKIT_DEBUG"):
+            raise
+        print(f"hf-trainkit monitor: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,188 @@
+"""Reading runs: RUN (output dir, checkpoint dir or trainer_state.json) -> `RunHistory` of train/eval series.
+
+Tolerates everything transformers and TRL have written over the years: bare NaN/Infinity, `null`, strings, `lr`
+for `learning_rate`, several eval sets per step, keys with `/`, a history holding only the final summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing torch
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+KEY_ALIASES = {"lr": "learning_rate"}
+_NOT_METRICS = {"step", "epoch"}
+
+
+class MonitorInputError(ValueError):
+    """A RUN that cannot be read: reported as one line, exit code 2."""
+
+
+@dataclass
+class Series:
+    steps: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    epochs: list[float | None] = field(default_factory=list)
+    # min-max band of a group of runs (see monitor.grouping); None for a single run
+    low: list[float] | None = None
+    high: list[float] | None = None
+
+    def append(self, step, value, epoch):
+        self.steps.append(step)
+        self.values.append(value)
+        self.epochs.append(epoch)
+
+    def finite(self) -> tuple[list[float], list[float]]:
+        pairs = [(s, v) for s, v in zip(self.steps, self.values) if math.isfinite(v)]
+        return ([s for s, _ in pairs], [v for _, v in pairs]) if pairs else ([], [])
+
+    def __len__(self):
+        return len(self.values)
+
+
+@dataclass
+class RunHistory:
+    """One run's logged history, split into train series, eval series and the final summary."""
+
+    label: str
+    source: Path
+    train: dict[str, Series] = field(default_factory=dict)
+    eval: dict[str, Series] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # top-level fields other than log_history
+
+    @property
+    def global_step(self) -> int:
+        step = self.state.get("global_step")
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            return int(step)
+        all_steps = [s for series in (*self.train.values(), *self.eval.values()) for s in series.steps]
+        return int(max(all_steps)) if all_steps else 0
+
+    @property
+    def is_rl(self) -> bool:
+        # TRL's GRPO/RLOO/PPO log `reward` or `rewards/<func>/mean`; DPO's `rewards/chosen` is not an RL reward.
+        return "reward" in self.train or any(k.startswith("rewards/") and k.endswith("/mean") for k in self.train)
+
+    def last_epoch(self) -> float | None:
+        epochs = [e for series in self.train.values() for e in series.epochs if e is not None]
+        epoch = self.state.get("epoch")
+        return max(epochs) if epochs else (epoch if isinstance(epoch, (int, float)) else None)
+
+
+def _number(value) -> float | None:
+    """A float for numbers (NaN/inf kept), None for anything else (strings, null, bools, lists)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def parse_state(data, source: Path, label: str) -> RunHistory:
+    if not isinstance(data, dict):
+        raise MonitorInputError(f"{source}: top level is a {type(data).__name__}, not a trainer_state object.")
+    history = data.get("log_history")
+    if not isinstance(history, list):
+        raise MonitorInputError(f"{source}: no 'log_history' list; is this a {TRAINER_STATE_NAME}?")
+    run = RunHistory(label=label, source=source, state={k: v for k, v in data.items() if k != "log_history"})
+    for index, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            continue
+        step = _number(entry.get("step"))
+        step = float(index) if step is None or not math.isfinite(step) else step
+        epoch = _number(entry.get("epoch"))
+        if any(key in entry for key in ("train_runtime", "train_samples_per_second")):
+            for key, value in entry.items():
+                number = _number(value)
+                if number is not None and key not in _NOT_METRICS:
+                    run.summary[key] = number
+            continue
+        is_eval = any(key.startswith("eval_") for key in entry)
+        target = run.eval if is_eval else run.train
+        for key, value in entry.items():
+            if key in _NOT_METRICS:
+                continue
+            number = _number(value)
+            if number is None:
+                continue
+            key = KEY_ALIASES.get(key, key)
+            series = target.get(key)
+            if series is None:
+                series = target[key] = Series()
+            series.append(step, number, epoch)
+    return run
+
+
+def read_state_file(path: Path, label: str) -> RunHistory:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MonitorInputError(f"{path}: no such file.") from None
+    except OSError as error:
+        raise MonitorInputError(f"{path}: cannot read ({error.strerror or error}).") from None
+    if not raw.strip():
+        raise MonitorInputError(f"{path}: empty file.")
+    if raw.startswith(b"version https://git-lfs"):
+        raise MonitorInputError(f"{path}: a Git LFS pointer, not the JSON itself; fetch it with `git lfs pull`.")
+    try:
+        data = json.loads(raw)  # Python's json accepts the bare NaN/Infinity that transformers writes
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f" (line {error.lineno} column {error.colno}: {error.msg})" if hasattr(error, "lineno") else ""
+        raise MonitorInputError(f"{path}: not valid JSON{where}; truncated or still being written?") from None
+    return parse_state(data, path, label)
+
+
+def _checkpoint_states(directory: Path) -> list[Path]:
+    found = []
+    for child in directory.iterdir():
+        if child.is_dir() and CHECKPOINT_PATTERN.match(child.name) and (child / TRAINER_STATE_NAME).is_file():
+            found.append(child / TRAINER_STATE_NAME)
+    return found
+
+
+def default_label(path: Path) -> str:
+    """The run's name: the output dir's, `output/checkpoint-60` -> `output/checkpoint-60`."""
+    path = path.resolve()
+    if path.name == TRAINER_STATE_NAME:
+        path = path.parent
+    if CHECKPOINT_PATTERN.match(path.name):
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def load_run(run: str | Path, label: str | None = None) -> RunHistory:
+    """Load RUN: a `trainer_state.json`, a checkpoint dir, or an output dir (its newest state by global step).
+
+    Raises:
+        MonitorInputError: a one-line reason the run cannot be read.
+    """
+    path = Path(run)
+    label = label or default_label(path)
+    if path.is_file():
+        return read_state_file(path, label)
+    if not path.exists():
+        raise MonitorInputError(f"{path}: no such file or directory.")
+    if not path.is_dir():
+        raise MonitorInputError(f"{path}: not a file or directory.")
+    candidates = [path / TRAINER_STATE_NAME] if (path / TRAINER_STATE_NAME).is_file() else []
+    candidates += _checkpoint_states(path)
+    if not candidates:
+        raise MonitorInputError(
+            f"no {TRAINER_STATE_NAME} in {path} or its checkpoint-* folders; pass an output dir, a checkpoint dir or "
+            f"a {TRAINER_STATE_NAME} file."
+        )
+    loaded, errors = [], []
+    for candidate in candidates:
+        try:
+            loaded.append(read_state_file(candidate, label))
+        except MonitorInputError as error:  # a half-written checkpoint: use the others
+            errors.append(str(error))
+    if not loaded:
+        raise MonitorInputError(errors[0])
+    # Furthest along wins; on a tie prefer the output dir's own file (written last, at the end of training).
+    return max(loaded, key=lambda history: (history.global_step, history.source == path / TRAINER_STATE_NAME))

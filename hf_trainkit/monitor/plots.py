@@ -1,0 +1,271 @@
+"""Figures of one or many runs (matplotlib, headless). One line per run, the same colour for a run in every figure."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..diagnostics import ema
+from .load import RunHistory, Series
+
+
+MAX_DRAWN_POINTS = 4000
+MODE_PANELS = (
+    ("psr/positive_ratio", "PSR positive ratio"),
+    ("nsr/negative_ratio", "NSR negative ratio"),
+    ("w_reinforce/pos_neg_ratio", "W-REINFORCE positives per negative"),
+)
+MODE_PREFIXES = ("grpo", "psr", "nsr", "w_reinforce")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on a training node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def decimate(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_DRAWN_POINTS):
+    """At most ~`max_points` points, keeping each bucket's min and max so that peaks stay visible."""
+    if len(xs) <= max_points:
+        return list(xs), list(ys)
+    bucket = math.ceil(len(xs) / (max_points // 2))
+    out_x, out_y = [], []
+    for start in range(0, len(xs), bucket):
+        chunk = [(x, y) for x, y in zip(xs[start : start + bucket], ys[start : start + bucket])]
+        finite = [pair for pair in chunk if math.isfinite(pair[1])] or chunk
+        low, high = min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1])
+        for pair in sorted({low, high}):
+            out_x.append(pair[0])
+            out_y.append(pair[1])
+    return out_x, out_y
+
+
+def x_values(series: Series, axis: str, run: RunHistory) -> list[float]:
+    if axis == "epoch":
+        return [e if e is not None else math.nan for e in series.epochs]
+    if axis == "time":
+        # trainer_state.json has no wall clock per entry: spread train_runtime evenly over the steps.
+        runtime, last = run.summary.get("train_runtime"), run.global_step or 1
+        per_step = (runtime / last) if runtime else 1.0
+        return [s * per_step for s in series.steps]
+    return list(series.steps)
+
+
+def draw_series(ax, run: RunHistory, series: Series, color, label: str, axis: str, smooth: float, **style):
+    if series.low is not None and series.high is not None:
+        band_x = x_values(series, axis, run)
+        ax.fill_between(band_x, series.low, series.high, color=color, alpha=0.15, linewidth=0)
+    xs, ys = decimate(x_values(series, axis, run), series.values)
+    if smooth > 0 and len(ys) > 2:
+        ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
+        ax.plot(xs, ema(ys, smooth), color=color, label=label, linewidth=1.6, **style)
+    else:
+        ax.plot(xs, ys, color=color, label=label, linewidth=1.4, **style)
+
+
+class FigureWriter:
+    """Writes figures for a list of runs into a directory; returns the paths it wrote."""
+
+    def __init__(self, runs: list[RunHistory], output_dir: Path, *, x: str = "step", smooth: float = 0.0,
+                 log_y: bool = False, dpi: int = 110):
+        self.runs, self.output_dir, self.x, self.smooth, self.log_y, self.dpi = runs, output_dir, x, smooth, log_y, dpi
+        self.plt = _pyplot()
+        cycle = self.plt.get_cmap("tab10")
+        self.colors = {id(run): cycle(index % 10) for index, run in enumerate(runs)}
+        self.written: list[Path] = []
+
+    def _save(self, fig, name: str) -> Path:
+        path = self.output_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=self.dpi)
+        self.plt.close(fig)
+        self.written.append(path)
+        return path
+
+    def _axes_label(self, ax, title: str, ylabel: str):
+        ax.set_title(title)
+        ax.set_xlabel({"step": "step", "epoch": "epoch", "time": "seconds (estimated)"}[self.x])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if self.log_y:
+            ax.set_yscale("log")
+        if len(self.runs) > 1 or ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+
+    def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]]) -> Path | None:
+        """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}."""
+        fig, ax = self.plt.subplots(figsize=(8, 4.5))
+        drawn = 0
+        for run in self.runs:
+            for suffix, series in pick(run).items():
+                if not len(series):
+                    continue
+                label = run.label if not suffix else (f"{run.label} {suffix}" if len(self.runs) > 1 else suffix)
+                linestyle = "--" if suffix.startswith("eval") else "-"
+                draw_series(ax, run, series, self.colors[id(run)], label, self.x, self.smooth, linestyle=linestyle)
+                drawn += 1
+        if not drawn:
+            self.plt.close(fig)
+            return None
+        self._axes_label(ax, title, title)
+        return self._save(fig, name)
+
+    def mode_metrics_figure(self) -> Path | None:
+        if not any(key.startswith(f"{prefix}/") for run in self.runs for key in run.train for prefix in MODE_PREFIXES[1:]):
+            return None
+        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5))
+        for ax, (key, title) in zip(axes.flat, MODE_PANELS):
+            for run in self.runs:
+                if key in run.train:
+                    draw_series(ax, run, run.train[key], self.colors[id(run)], run.label, self.x, self.smooth)
+            self._axes_label(ax, title, key)
+        ax = axes.flat[3]
+        for run in self.runs:
+            for prefix in MODE_PREFIXES:
+                key = f"{prefix}/avg_reward"
+                if key in run.train:
+                    draw_series(ax, run, run.train[key], self.colors[id(run)], f"{run.label} ({prefix})", self.x,
+                                self.smooth)
+        self._axes_label(ax, "Average reward of kept samples by mode", "avg_reward")
+        return self._save(fig, "mode_metrics.png")
+
+    def eval_metrics_figure(self) -> Path | None:
+        keys = main_eval_metrics(self.runs)
+        if not keys:
+            return None
+        columns = min(3, len(keys))
+        rows = math.ceil(len(keys) / columns)
+        fig, axes = self.plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            for run in self.runs:
+                if key in run.eval:
+                    draw_series(ax, run, run.eval[key], self.colors[id(run)], run.label, self.x, 0.0, marker=".")
+            self._axes_label(ax, key, key)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.set_visible(False)
+        return self._save(fig, "eval_metrics.png")
+
+    def diagnostics_figure(self, run: RunHistory, key: str) -> Path | None:
+        """2x2: train vs eval, change per log, generalisation gap (eval - train), rolling std of the train curve."""
+        train = run.train.get(key)
+        if train is None or len(train) < 2:
+            return None
+        eval_series = run.eval.get(f"eval_{key}")
+        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5))
+        color = self.colors[id(run)]
+        steps, values = train.finite()
+        ax = axes[0][0]
+        draw_series(ax, run, train, color, f"train {key}", self.x, self.smooth)
+        if eval_series is not None:
+            draw_series(ax, run, eval_series, "tab:red", f"eval_{key}", self.x, 0.0, linestyle="--", marker=".")
+        self._axes_label(ax, "Train vs eval", key)
+        ax = axes[0][1]
+        deltas = [b - a for a, b in zip(values, values[1:])]
+        ax.bar(steps[1:], deltas, width=max((steps[-1] - steps[0]) / max(len(steps), 1), 1e-9), color=color)
+        self._axes_label(ax, "Change per log", f"delta {key}")
+        ax = axes[1][0]
+        if eval_series is not None and values:
+            eval_steps, eval_values = eval_series.finite()
+            gap = [ev - _value_at(steps, values, s) for s, ev in zip(eval_steps, eval_values)]
+            ax.plot(eval_steps, gap, marker="o", color="tab:red")
+            ax.axhline(0, color="grey", linewidth=0.8)
+        else:
+            ax.text(0.5, 0.5, f"no eval_{key} logged", ha="center", va="center", transform=ax.transAxes)
+        self._axes_label(ax, "Generalisation gap (eval - train)", "gap")
+        ax = axes[1][1]
+        window = max(5, len(values) // 20)
+        rolling = [_std(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        ax.plot(steps, rolling, color=color)
+        self._axes_label(ax, f"Rolling std ({window} logs)", "std")
+        return self._save(fig, "diagnostics.png")
+
+
+def _value_at(steps: list[float], values: list[float], step: float) -> float:
+    """The train value logged at or just before `step`."""
+    best = values[0]
+    for s, v in zip(steps, values):
+        if s > step:
+            break
+        best = v
+    return best
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def keys_matching(runs: list[RunHistory], pattern: str) -> list[str]:
+    """Logged keys (train and eval) matching a glob pattern, e.g. ``rewards/*`` or ``eval_*``."""
+    keys = {key for run in runs for key in (*run.train, *run.eval)}
+    return sorted(key for key in keys if fnmatch.fnmatchcase(key, pattern))
+
+
+def safe_file_name(key: str) -> str:
+    return key.replace("/", "_").replace(" ", "_") + ".png"
+
+
+def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", smooth: float = 0.0,
+                  log_y: bool = False, metrics: Sequence[str] = (), progress=None) -> list[Path]:
+    """Every figure that the runs have data for; returns the written paths."""
+    writer = FigureWriter(runs, output_dir, x=x, smooth=smooth, log_y=log_y)
+    tasks: list[Callable[[], object]] = [
+        lambda: writer.metric_figure("training_loss.png", "Training loss", lambda r: _pick(r.train, "loss", "")),
+        lambda: writer.metric_figure("learning_rate.png", "Learning rate", lambda r: _pick(r.train, "learning_rate", "")),
+        lambda: writer.metric_figure("gradient_norm.png", "Gradient norm", lambda r: _pick(r.train, "grad_norm", "")),
+        lambda: writer.metric_figure("rewards.png", "Reward", _rewards),
+        writer.mode_metrics_figure,
+    ]
+    tasks.append(lambda: writer.metric_figure("eval_loss.png", "Train vs eval loss", _train_and_eval_losses))
+    tasks.append(writer.eval_metrics_figure)
+    if len(runs) == 1:
+        tasks.append(lambda: writer.diagnostics_figure(runs[0], "reward" if runs[0].is_rl else "loss"))
+    for pattern in metrics:
+        for key in keys_matching(runs, pattern):
+            tasks.append(lambda key=key: writer.metric_figure(
+                "metric_" + safe_file_name(key), key,
+                lambda r: _pick(r.eval if key in r.eval else r.train, key, "")))
+    for task in tasks:
+        task()
+        if progress is not None:
+            progress()
+    return writer.written
+
+
+def _pick(table: dict[str, Series], key: str | None, suffix: str) -> dict[str, Series]:
+    return {suffix: table[key]} if key and key in table else {}
+
+
+def _rewards(run: RunHistory) -> dict[str, Series]:
+    if not run.is_rl:
+        return {}
+    if "reward" in run.train:
+        return {"": run.train["reward"]}
+    return {key.split("/")[1]: series for key, series in run.train.items()
+            if key.startswith("rewards/") and key.endswith("/mean")}
+
+
+def _train_and_eval_losses(run: RunHistory) -> dict[str, Series]:
+    losses = {key: series for key, series in run.eval.items() if key.endswith("loss")}
+    if not losses:
+        return {}
+    return {**_pick(run.train, "loss", "train loss"), **losses}
+
+
+# Eval keys that describe the evaluation itself, not the model: left to --metrics.
+_EVAL_INTERNALS = ("_runtime", "_per_second", "_num_tokens", "_logits_chosen", "_logits_rejected", "_logps_chosen",
+                   "_logps_rejected", "_std")
+
+
+def main_eval_metrics(runs: list[RunHistory], limit: int = 9) -> list[str]:
+    """Eval metrics worth a panel: not losses (eval_loss.png has them), not timings, not TRL's `a/b` internals."""
+    keys = sorted({key for run in runs for key in run.eval})
+    return [key for key in keys if not key.endswith("loss") and "/" not in key
+            and not any(key.endswith(suffix) for suffix in _EVAL_INTERNALS)][:limit]

@@ -1,0 +1,282 @@
+"""`hf-trainkit monitor` on real trainer_state.json files (../shared/corpus) and on files written here."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_trainkit.monitor import MonitorInputError, load_run
+from hf_trainkit.monitor.command import main as monitor_main
+from hf_trainkit.monitor.grouping import group_runs
+from hf_trainkit.monitor.plots import decimate
+from hf_trainkit.monitor.summary import summarize
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS_FILES = sorted(CORPUS.glob("*.json")) if CORPUS.is_dir() else []
+LFS_POINTERS = {p for p in CORPUS_FILES if p.read_bytes().startswith(b"version https://git-lfs")}
+needs_corpus = pytest.mark.skipif(not CORPUS_FILES, reason="../shared/corpus is not beside this checkout")
+
+
+def run_monitor(*argv, timeout=120):
+    return subprocess.run([sys.executable, "-m", "hf_trainkit.monitor", *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_state(path: Path, history, **top):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"global_step": top.pop("global_step", len(history)), "log_history": history, **top}))
+    return path
+
+
+def loss_history(n, start=2.0, eval_every=0):
+    history = []
+    for step in range(1, n + 1):
+        history.append({"step": step, "epoch": step / n, "loss": start * math.exp(-step / 30) + 0.1,
+                        "learning_rate": 1e-4 * (1 - step / n), "grad_norm": 1.0})
+        if eval_every and step % eval_every == 0:
+            history.append({"step": step, "epoch": step / n, "eval_loss": 0.5 + abs(step - n / 2) / n})
+    history.append({"step": n, "epoch": 1.0, "train_runtime": 12.5, "train_loss": 0.4})
+    return history
+
+
+@needs_corpus
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name[:60])
+def test_every_corpus_file_loads_and_summarises(path):
+    if path in LFS_POINTERS:
+        with pytest.raises(MonitorInputError, match="a Git LFS pointer, not the JSON itself"):
+            load_run(path)
+        return
+    raw = json.loads(path.read_text())
+    run = load_run(path)
+    summary = summarize(run)
+    # Independent reading of the train losses: entries with a numeric 'loss' and no eval_ key.
+    losses = [e["loss"] for e in raw["log_history"]
+              if isinstance(e.get("loss"), (int, float)) and not any(k.startswith("eval_") for k in e)
+              and "train_runtime" not in e]
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite:
+        assert summary["loss"]["first"] == finite[0]
+        assert summary["loss"]["final"] == finite[-1]
+        assert summary["loss"]["min"] == min(finite)
+    assert summary["diagnosis"]["verdict"] in (
+        "converged", "still improving", "plateau", "overfitting", "unstable", "diverged", "too short")
+
+
+@needs_corpus
+def test_whole_corpus_compares_and_reports_the_bad_file(tmp_path):
+    result = run_monitor(*CORPUS_FILES, "--output-dir", tmp_path, "--no-progress")
+    assert result.returncode == (2 if LFS_POINTERS else 0)
+    for pointer in LFS_POINTERS:
+        assert f"{pointer}: a Git LFS pointer" in result.stderr
+    assert "Traceback" not in result.stderr
+    for name in ("training_loss.png", "learning_rate.png", "gradient_norm.png", "rewards.png", "eval_loss.png",
+                 "eval_metrics.png", "summary.txt", "summary.json", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert len(summary["runs"]) == len(CORPUS_FILES) - len(LFS_POINTERS)
+    assert [row["rank"] for row in summary["ranking"]] == list(range(1, len(summary["runs"]) + 1))
+
+
+@needs_corpus
+@pytest.mark.parametrize("name,expected", [
+    ("alexchilton__CAS_NLP_MODULE4_GRPO__lara_output_4090_wordle-grpo_checkpoint-400_trainer_state.json",
+     {"rewards.png", "diagnostics.png"}),
+    ("ByErenOzer__Whisper_Finetune__trainer_state.json", {"eval_loss.png", "eval_metrics.png", "diagnostics.png"}),
+])
+def test_single_corpus_run(tmp_path, name, expected):
+    assert monitor_main([str(CORPUS / name), "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    written = {p.name for p in tmp_path.iterdir()}
+    assert expected <= written
+    assert {"training_loss.png", "summary.txt", "summary.json", "report.html"} <= written
+
+
+def test_rl_verdict_is_based_on_the_reward(tmp_path):
+    history = [{"step": s, "loss": 0.0, "reward": 0.1 + 0.8 * (1 - math.exp(-s / 15)), "psr/positive_ratio": 0.5,
+                "psr/avg_reward": 1.0} for s in range(1, 101)]
+    state = write_state(tmp_path / "run" / "trainer_state.json", history)
+    assert monitor_main([str(state), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]
+    assert summary["monitored"] == {"key": "reward", "mode": "max"}
+    assert summary["diagnosis"]["verdict"] == "converged"
+    assert (tmp_path / "out" / "mode_metrics.png").exists()
+
+
+def test_output_dir_uses_the_newest_complete_state(tmp_path):
+    run = tmp_path / "run"
+    write_state(run / "trainer_state.json", loss_history(10)[:10], global_step=10)
+    write_state(run / "checkpoint-20" / "trainer_state.json", loss_history(20)[:20], global_step=20)
+    (run / "checkpoint-30").mkdir()
+    (run / "checkpoint-30" / "trainer_state.json").write_text('{"global_step": 30, "log_hist')  # half-written
+    loaded = load_run(run)
+    assert loaded.global_step == 20 and loaded.source == run / "checkpoint-20" / "trainer_state.json"
+    assert loaded.label == "run"
+
+
+def test_eval_and_summary_are_separated(tmp_path):
+    history = loss_history(60, eval_every=10)
+    history.append({"step": 60, "eval_other_loss": 0.3, "eval_other_accuracy": 0.9, "epoch": 1.0})
+    run = load_run(write_state(tmp_path / "trainer_state.json", history))
+    assert len(run.train["loss"]) == 60
+    assert len(run.eval["eval_loss"]) == 6
+    assert run.eval["eval_other_accuracy"].values == [0.9]
+    assert run.summary["train_runtime"] == 12.5 and "loss" not in run.eval
+    summary = summarize(run)
+    assert summary["runtime_seconds"] == 12.5
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert summary["loss_reduction_percent"] == pytest.approx(100 * (losses[0] - losses[-1]) / losses[0])
+
+
+def test_tolerates_odd_values(tmp_path):
+    path = tmp_path / "trainer_state.json"
+    path.write_text('{"log_history": [{"step": 1, "loss": NaN, "lr": 0.1, "remaining_time": "59h"},'
+                    '{"step": 2, "loss": Infinity, "grad_norm": null}, {"step": 3, "loss": 1}, "junk"]}')
+    run = load_run(path)
+    assert run.train["learning_rate"].values == [0.1]
+    assert run.train["loss"].finite() == ([3.0], [1.0])
+    assert "remaining_time" not in run.train and "grad_norm" not in run.train
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file or directory"),
+    ("<dir>", "no trainer_state.json in"),
+    ("", "empty file"),
+    ('{"log_history": [{"loss"', "not valid JSON (line 1 column"),
+    ('{"global_step": 3}', "no 'log_history' list"),
+    ("[1, 2]", "top level is a list"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, content, message):
+    if content is None:
+        target = tmp_path / "missing"
+    elif content == "<dir>":
+        target = tmp_path
+    else:
+        target = tmp_path / "trainer_state.json"
+        target.write_text(content)
+    result = run_monitor(target, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_bad_run_does_not_stop_the_others(tmp_path):
+    good = write_state(tmp_path / "good" / "trainer_state.json", loss_history(30))
+    result = run_monitor(good, tmp_path / "nope", "--output-dir", tmp_path / "out", "--labels", "A", "B")
+    assert result.returncode == 2
+    assert "nope: no such file or directory" in result.stderr
+    assert (tmp_path / "out" / "training_loss.png").exists()
+
+
+def test_label_count_mismatch(tmp_path):
+    good = write_state(tmp_path / "good" / "trainer_state.json", loss_history(30))
+    result = run_monitor(good, "--labels", "A", "B", "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and "--labels: 2 labels for 1 runs" in result.stderr
+
+
+def test_compare_with_globs_labels_and_ranking(tmp_path):
+    for name, start in (("a-2025", 2.0), ("b-2025", 1.0), ("c-2024", 3.0)):
+        write_state(tmp_path / "runs" / name / "trainer_state.json", loss_history(40, start=start))
+    out = tmp_path / "cmp"
+    assert monitor_main([str(tmp_path / "runs" / "*-2025"), "--output-dir", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["a-2025", "b-2025"]
+    assert [r["label"] for r in summary["ranking"]] == ["b-2025", "a-2025"]  # lower final loss first
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 3 and "http://" not in report and "https://" not in report
+    assert "ranking" in (out / "summary.txt").read_text()
+
+
+def test_group_by_seeds_gives_mean_and_band(tmp_path):
+    runs = []
+    for seed, offset in ((1, 0.0), (2, 0.2), (3, 0.4)):
+        history = [{"step": s, "loss": 1.0 + offset - s * 0.01} for s in range(1, 21)]
+        runs.append(load_run(write_state(tmp_path / f"lr1e-4-seed{seed}" / "trainer_state.json", history)))
+    runs.append(load_run(write_state(tmp_path / "other" / "trainer_state.json", [{"step": 1, "loss": 5.0}])))
+    grouped = group_runs(runs, r"(.*)-seed\d+")
+    assert [g.label for g in grouped] == ["lr1e-4 (n=3)", "other"]
+    loss = grouped[0].train["loss"]
+    assert loss.values[0] == pytest.approx((0.99 + 1.19 + 1.39) / 3)
+    assert loss.low[0] == pytest.approx(0.99) and loss.high[0] == pytest.approx(1.39)
+    out = tmp_path / "out"
+    argv = [*(str(r.source) for r in runs[:3]), "--labels", "lr1e-4-seed1", "lr1e-4-seed2", "lr1e-4-seed3",
+            "--group-by", r"(.*)-seed\d+", "--output-dir", str(out), "--no-progress"]
+    assert monitor_main(argv) == 0 and (out / "training_loss.png").exists()
+
+
+def test_decimation_keeps_extremes():
+    xs = list(range(100_000))
+    ys = [math.sin(x / 1000) for x in xs]
+    ys[54_321] = 50.0
+    dx, dy = decimate(xs, ys, 2000)
+    assert len(dx) <= 2100
+    assert max(dy) == 50.0 and min(dy) == min(ys)
+
+
+def test_x_axis_smoothing_metrics_and_log_scale(tmp_path):
+    history = loss_history(50)
+    for entry in history[:-1]:
+        entry["rewards/acc/mean"] = 0.5
+    state = write_state(tmp_path / "r" / "trainer_state.json", history)
+    out = tmp_path / "out"
+    assert monitor_main([str(state), "--x", "epoch", "--smooth", "0", "--log-y", "--metrics", "rewards/*",
+                         "--output-dir", str(out), "--no-progress"]) == 0
+    assert (out / "metric_rewards_acc_mean.png").exists()
+    result = run_monitor(state, "--smooth", "1.5")
+    assert result.returncode == 2 and "must be in [0, 1)" in result.stderr
+
+
+def test_watch_survives_half_written_files(tmp_path):
+    state = tmp_path / "run" / "trainer_state.json"
+    write_state(state, loss_history(10)[:10], global_step=10)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "hf_trainkit.monitor", str(tmp_path / "run"), "--watch", "0.3",
+                                "--output-dir", str(out), "--no-progress"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "summary.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        state.write_text('{"global_step": 25, "log_hist')  # the trainer is mid-write
+        time.sleep(1.0)
+        assert process.poll() is None, "watch mode died on a half-written file"
+        write_state(state, loss_history(25)[:25], global_step=25)
+        while time.time() < deadline:
+            summary = json.loads((out / "summary.json").read_text())
+            if summary["runs"][0]["global_step"] == 25:
+                break
+            time.sleep(0.2)
+        assert summary["runs"][0]["global_step"] == 25
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_monitor_imports_no_training_stack():
+    code = ("import sys, hf_trainkit.monitor, hf_trainkit.monitor.command, hf_trainkit.monitor.plots; "
+            "print(sorted(m for m in ('torch', 'trl', 'wandb', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_monitor_training_script_forms(tmp_path):
+    a = write_state(tmp_path / "a" / "trainer_state.json", loss_history(20))
+    b = write_state(tmp_path / "b" / "trainer_state.json", loss_history(20, start=1.0))
+    script = ROOT / "scripts" / "monitor_training.py"
+    env = {**os.environ}
+    single = subprocess.run([sys.executable, script, "--checkpoint-dir", a.parent, "--output-dir", tmp_path / "one"],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    assert (tmp_path / "one" / "training_loss.png").exists()
+    compare = subprocess.run([sys.executable, script, "--compare", "--checkpoints", a.parent, b.parent, "--labels",
+                              "A", "B", "--output-dir", tmp_path / "two"], capture_output=True, text=True, env=env)
+    assert compare.returncode == 0, compare.stderr
+    assert [r["label"] for r in json.loads((tmp_path / "two" / "summary.json").read_text())["runs"]] == ["A", "B"]
+    cli = subprocess.run([sys.executable, "-m", "hf_trainkit.cli", "monitor", a.parent, "--output-dir",
+                          tmp_path / "three"], capture_output=True, text=True, env=env)
+    assert cli.returncode == 0 and (tmp_path / "three" / "report.html").exists()
