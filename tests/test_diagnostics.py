@@ -25,6 +25,13 @@ def test_ema_is_tensorboards_debiased_average():
     assert ema([5.0], 0.9) == [5.0]  # debiasing: the first point is not pulled towards 0
 
 
+@pytest.mark.parametrize("weight", [0.1, 0.6, 0.9, 0.99])
+def test_ema_long_series(weight):
+    rng = random.Random(1)
+    values = [rng.gauss(0, 1) + i * 0.01 for i in range(5000)]
+    assert ema(values, weight) == pytest.approx(tensorboard_ema(values, weight), rel=1e-9, abs=1e-9)
+
+
 def test_ema_passes_non_finite_through():
     out = ema([1.0, float("nan"), 1.0], 0.5)
     assert math.isnan(out[1]) and out[2] == pytest.approx(1.0)

@@ -112,7 +112,8 @@ def load_runs(paths: list[str], labels: list[str] | None, show_progress: bool) -
     return runs, errors
 
 
-def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool) -> list[Path]:
+def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool,
+           summaries: list[dict] | None = None) -> list[Path]:
     from .grouping import group_runs
     from .plots import write_figures
     from .report import write_report
@@ -125,7 +126,8 @@ def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool) 
     figures = write_figures(plotted, output_dir, x=args.x, smooth=args.smooth, log_y=args.log_y,
                             metrics=args.metrics, progress=progress)
     progress.close()
-    summaries = [summarize(run, smoothing=max(args.smooth, 0.6)) for run in runs]
+    if summaries is None:
+        summaries = [summarize(run) for run in runs]
     ranking_rows = ranking(summaries) if len(runs) > 1 else None
     text = "\n\n".join(format_summary(summary) for summary in summaries)
     if ranking_rows:

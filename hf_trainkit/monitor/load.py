@@ -6,8 +6,8 @@ for `learning_rate`, several eval sets per step, keys with `/`, a history holdin
 
 from __future__ import annotations
 
+import gc
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +38,23 @@ class Series:
         self.values.append(value)
         self.epochs.append(epoch)
 
+    def arrays(self):
+        """(steps, values) as float numpy arrays, converted once: plots and summaries reuse them."""
+        import numpy as np
+
+        cached = getattr(self, "_arrays", None)
+        if cached is None or len(cached[1]) != len(self.values):
+            cached = (np.asarray(self.steps, dtype=float), np.asarray(self.values, dtype=float))
+            self._arrays = cached
+        return cached
+
     def finite(self) -> tuple[list[float], list[float]]:
-        pairs = [(s, v) for s, v in zip(self.steps, self.values) if math.isfinite(v)]
-        return ([s for s, _ in pairs], [v for _, v in pairs]) if pairs else ([], [])
+        """(steps, values) without the NaN/inf points."""
+        import numpy as np
+
+        steps, values = self.arrays()
+        mask = np.isfinite(values)
+        return steps[mask].tolist(), values[mask].tolist()
 
     def __len__(self):
         return len(self.values)
@@ -78,9 +92,9 @@ class RunHistory:
 
 def _number(value) -> float | None:
     """A float for numbers (NaN/inf kept), None for anything else (strings, null, bools, lists)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    if type(value) is float or type(value) is int:  # not isinstance: bool is an int subclass
+        return float(value)
+    return None
 
 
 def parse_state(data, source: Path, label: str) -> RunHistory:
@@ -90,31 +104,43 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
     if not isinstance(history, list):
         raise MonitorInputError(f"{source}: no 'log_history' list; is this a {TRAINER_STATE_NAME}?")
     run = RunHistory(label=label, source=source, state={k: v for k, v in data.items() if k != "log_history"})
+    # The hot loop of the monitor (histories of 100k+ entries): plain lists, type() checks, no calls per value.
+    tables: dict[bool, dict[str, Series]] = {False: run.train, True: run.eval}
+    skipped = _NOT_METRICS
     for index, entry in enumerate(history):
-        if not isinstance(entry, dict):
+        if type(entry) is not dict:
             continue
-        step = _number(entry.get("step"))
-        step = float(index) if step is None or not math.isfinite(step) else step
-        epoch = _number(entry.get("epoch"))
-        if any(key in entry for key in ("train_runtime", "train_samples_per_second")):
+        step = entry.get("step")
+        if type(step) is not int and (type(step) is not float or step != step):
+            step = index
+        epoch = entry.get("epoch")
+        if type(epoch) is not float and type(epoch) is not int:
+            epoch = None
+        if "train_runtime" in entry or "train_samples_per_second" in entry:
             for key, value in entry.items():
                 number = _number(value)
-                if number is not None and key not in _NOT_METRICS:
+                if number is not None and key not in skipped:
                     run.summary[key] = number
             continue
-        is_eval = any(key.startswith("eval_") for key in entry)
-        target = run.eval if is_eval else run.train
+        is_eval = False
+        for key in entry:
+            if key[:5] == "eval_":
+                is_eval = True
+                break
+        table = tables[is_eval]
         for key, value in entry.items():
-            if key in _NOT_METRICS:
-                continue
-            number = _number(value)
-            if number is None:
-                continue
-            key = KEY_ALIASES.get(key, key)
-            series = target.get(key)
-            if series is None:
-                series = target[key] = Series()
-            series.append(step, number, epoch)
+            kind = type(value)
+            if (kind is float or kind is int) and key not in skipped:
+                series = table.get(key)
+                if series is None:
+                    series = table[key] = Series()
+                series.steps.append(step)
+                series.values.append(value)
+                series.epochs.append(epoch)
+    for table in tables.values():
+        for old, new in KEY_ALIASES.items():
+            if old in table and new not in table:
+                table[new] = table.pop(old)
     return run
 
 
@@ -161,7 +187,17 @@ def load_run(run: str | Path, label: str | None = None) -> RunHistory:
     Raises:
         MonitorInputError: a one-line reason the run cannot be read.
     """
-    path = Path(run)
+    # Building millions of small lists triggers the cyclic GC again and again, for nothing: nothing here is cyclic.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_run(Path(run), label)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _load_run(path: Path, label: str | None) -> RunHistory:
     label = label or default_label(path)
     if path.is_file():
         return read_state_file(path, label)

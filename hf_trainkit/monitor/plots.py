@@ -11,7 +11,7 @@ from ..diagnostics import ema
 from .load import RunHistory, Series
 
 
-MAX_DRAWN_POINTS = 4000
+MAX_DRAWN_POINTS = 1600  # ~2 points per pixel of an 8-inch figure: min/max thinning loses nothing visible
 MODE_PANELS = (
     ("psr/positive_ratio", "PSR positive ratio"),
     ("nsr/negative_ratio", "NSR negative ratio"),
@@ -30,40 +30,46 @@ def _pyplot():
 
 
 def decimate(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_DRAWN_POINTS):
-    """At most ~`max_points` points, keeping each bucket's min and max so that peaks stay visible."""
-    if len(xs) <= max_points:
-        return list(xs), list(ys)
-    bucket = math.ceil(len(xs) / (max_points // 2))
-    out_x, out_y = [], []
-    for start in range(0, len(xs), bucket):
-        chunk = [(x, y) for x, y in zip(xs[start : start + bucket], ys[start : start + bucket])]
-        finite = [pair for pair in chunk if math.isfinite(pair[1])] or chunk
-        low, high = min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1])
-        for pair in sorted({low, high}):
-            out_x.append(pair[0])
-            out_y.append(pair[1])
-    return out_x, out_y
+    """At most `max_points` points: each bucket keeps its min and max (in x order), so peaks stay visible."""
+    import numpy as np
+
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if len(x) <= max_points:
+        return x, y
+    bucket = math.ceil(len(x) / (max_points // 2))
+    count = len(x) // bucket
+    body = np.where(np.isfinite(y[: count * bucket]), y[: count * bucket], np.nan).reshape(count, bucket)
+    valid = ~np.all(np.isnan(body), axis=1)
+    safe = np.where(np.isnan(body), 0.0, body)
+    low = np.where(np.isnan(body), np.inf, safe).argmin(axis=1)
+    high = np.where(np.isnan(body), -np.inf, safe).argmax(axis=1)
+    offsets = np.arange(count) * bucket
+    keep = np.sort(np.concatenate([(offsets + low)[valid], (offsets + high)[valid]]))
+    keep = np.unique(np.concatenate([keep, np.arange(count * bucket, len(x))]))
+    return x[keep], y[keep]
 
 
-def x_values(series: Series, axis: str, run: RunHistory) -> list[float]:
+def x_values(series: Series, axis: str, run: RunHistory):
+    steps, _ = series.arrays()
     if axis == "epoch":
         return [e if e is not None else math.nan for e in series.epochs]
     if axis == "time":
         # trainer_state.json has no wall clock per entry: spread train_runtime evenly over the steps.
         runtime, last = run.summary.get("train_runtime"), run.global_step or 1
-        per_step = (runtime / last) if runtime else 1.0
-        return [s * per_step for s in series.steps]
-    return list(series.steps)
+        return steps * ((runtime / last) if runtime else 1.0)
+    return steps
 
 
 def draw_series(ax, run: RunHistory, series: Series, color, label: str, axis: str, smooth: float, **style):
     if series.low is not None and series.high is not None:
         band_x = x_values(series, axis, run)
         ax.fill_between(band_x, series.low, series.high, color=color, alpha=0.15, linewidth=0)
-    xs, ys = decimate(x_values(series, axis, run), series.values)
+    all_x, all_y = x_values(series, axis, run), series.arrays()[1]
+    xs, ys = decimate(all_x, all_y)
     if smooth > 0 and len(ys) > 2:
-        ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
-        ax.plot(xs, ema(ys, smooth), color=color, label=label, linewidth=1.6, **style)
+        ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1, antialiased=False)
+        # Smooth the full series, then thin it: smoothing the thinned min/max pairs would skew the curve.
+        ax.plot(*decimate(all_x, ema(all_y, smooth)), color=color, label=label, linewidth=1.6, **style)
     else:
         ax.plot(xs, ys, color=color, label=label, linewidth=1.4, **style)
 
@@ -81,7 +87,6 @@ class FigureWriter:
 
     def _save(self, fig, name: str) -> Path:
         path = self.output_dir / name
-        fig.tight_layout()
         fig.savefig(path, dpi=self.dpi)
         self.plt.close(fig)
         self.written.append(path)
@@ -94,12 +99,15 @@ class FigureWriter:
         ax.grid(alpha=0.3)
         if self.log_y:
             ax.set_yscale("log")
-        if len(self.runs) > 1 or ax.get_legend_handles_labels()[0]:
+        entries = len(ax.get_legend_handles_labels()[0])
+        if entries > 10:  # many runs: the legend goes beside the plot instead of hiding it
+            ax.legend(fontsize=6, ncol=1 + entries // 25, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif entries:
             ax.legend(fontsize=8)
 
     def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]]) -> Path | None:
         """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}."""
-        fig, ax = self.plt.subplots(figsize=(8, 4.5))
+        fig, ax = self.plt.subplots(figsize=(8, 4.5), layout="constrained")
         drawn = 0
         for run in self.runs:
             for suffix, series in pick(run).items():
@@ -118,7 +126,7 @@ class FigureWriter:
     def mode_metrics_figure(self) -> Path | None:
         if not any(key.startswith(f"{prefix}/") for run in self.runs for key in run.train for prefix in MODE_PREFIXES[1:]):
             return None
-        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5))
+        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
         for ax, (key, title) in zip(axes.flat, MODE_PANELS):
             for run in self.runs:
                 if key in run.train:
@@ -140,7 +148,8 @@ class FigureWriter:
             return None
         columns = min(3, len(keys))
         rows = math.ceil(len(keys) / columns)
-        fig, axes = self.plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+        fig, axes = self.plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False,
+                                      layout="constrained")
         for ax, key in zip(axes.flat, keys):
             for run in self.runs:
                 if key in run.eval:
@@ -156,7 +165,7 @@ class FigureWriter:
         if train is None or len(train) < 2:
             return None
         eval_series = run.eval.get(f"eval_{key}")
-        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5))
+        fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
         color = self.colors[id(run)]
         steps, values = train.finite()
         ax = axes[0][0]
@@ -166,7 +175,10 @@ class FigureWriter:
         self._axes_label(ax, "Train vs eval", key)
         ax = axes[0][1]
         deltas = [b - a for a, b in zip(values, values[1:])]
-        ax.bar(steps[1:], deltas, width=max((steps[-1] - steps[0]) / max(len(steps), 1), 1e-9), color=color)
+        if len(deltas) <= 200:
+            ax.bar(steps[1:], deltas, width=max((steps[-1] - steps[0]) / max(len(steps), 1), 1e-9), color=color)
+        else:  # thousands of bars draw slowly and read as a blur: the same data as a thinned line
+            ax.plot(*decimate(steps[1:], deltas), color=color, linewidth=0.8)
         self._axes_label(ax, "Change per log", f"delta {key}")
         ax = axes[1][0]
         if eval_series is not None and values:
@@ -179,8 +191,7 @@ class FigureWriter:
         self._axes_label(ax, "Generalisation gap (eval - train)", "gap")
         ax = axes[1][1]
         window = max(5, len(values) // 20)
-        rolling = [_std(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-        ax.plot(steps, rolling, color=color)
+        ax.plot(*decimate(steps, rolling_std(values, window)), color=color)
         self._axes_label(ax, f"Rolling std ({window} logs)", "std")
         return self._save(fig, "diagnostics.png")
 
@@ -195,11 +206,21 @@ def _value_at(steps: list[float], values: list[float], step: float) -> float:
     return best
 
 
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+def rolling_std(values: Sequence[float], window: int) -> list[float]:
+    """Sample std of each trailing window (shorter at the start), in O(n) with cumulative sums."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return []
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    squares = np.concatenate([[0.0], np.cumsum(x * x)])
+    ends = np.arange(1, len(x) + 1)
+    starts = np.maximum(0, ends - window)
+    counts = ends - starts
+    mean = (sums[ends] - sums[starts]) / counts
+    variance = (squares[ends] - squares[starts] - counts * mean * mean) / np.maximum(counts - 1, 1)
+    return np.sqrt(np.clip(variance, 0.0, None)).tolist()
 
 
 def keys_matching(runs: list[RunHistory], pattern: str) -> list[str]:

@@ -7,12 +7,16 @@ from .load import RunHistory, Series
 
 
 def _stats(series: Series | None) -> dict:
+    import numpy as np
+
     if series is None:
         return {}
-    _, values = series.finite()
-    if not values:
+    values = np.asarray(series.values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
         return {"points": len(series)}
-    return {"first": values[0], "final": values[-1], "min": min(values), "max": max(values), "points": len(series)}
+    return {"first": float(values[0]), "final": float(values[-1]), "min": float(values.min()),
+            "max": float(values.max()), "points": len(series)}
 
 
 def monitored_metric(run: RunHistory) -> tuple[str, str] | None:

@@ -216,6 +216,7 @@ def test_decimation_keeps_extremes():
     dx, dy = decimate(xs, ys, 2000)
     assert len(dx) <= 2100
     assert max(dy) == 50.0 and min(dy) == min(ys)
+    assert list(dx) == sorted(dx)
 
 
 def test_x_axis_smoothing_metrics_and_log_scale(tmp_path):
