@@ -22,6 +22,9 @@ SPIKE_Z = 6.0
 SPIKE_WINDOW = 20
 # Eval worse than its best by this share of the train improvement, while train still improves: overfitting.
 OVERFIT_FRACTION = 0.05
+# Live-only finding: the reward filter keeps nothing.
+STARVED_ADVICE = ("The reward filter keeps no sample: lower --reward-threshold (PSR/W-REINFORCE) or raise it (NSR), "
+                  "raise --num-generations, or check the reward function.")
 ADVICE = {
     "converged": "Training has flattened after improving: more steps will not help much; compare checkpoints or "
     "change the data or model to go further.",
@@ -78,6 +81,17 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
     for index, value in zip(np.flatnonzero(finite).tolist(), smoothed.tolist()):
         out[index] = value
     return out
+
+
+def spike_message(name: str, step: float, value: float, median: float, z: float) -> str:
+    return f"{name} spike at step {step:g}: {value:.4g} vs median {median:.4g} (robust z={z:.1f})"
+
+
+def robust_z(recent: Sequence[float], value: float, floor: float = 1e-12) -> tuple[float, float]:
+    """(z, median) of `value` against `recent`: (value - median) / max(1.4826 * MAD, floor)."""
+    median = statistics.median(recent)
+    mad = statistics.median(abs(v - median) for v in recent) * 1.4826
+    return (value - median) / max(mad, floor), median
 
 
 @dataclass
@@ -145,8 +159,8 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     z[minimum:] = (x[minimum:] - medians[minimum:]) / np.maximum(mads[minimum:] * 1.4826, floor)
     sign = 1.0 if mode == "min" else -1.0
     return [
-        Finding("spike", float(step_of[i]), f"{name} spike at step {step_of[i]:g}: {x[i]:.4g} vs median "
-                f"{medians[i]:.4g} (robust z={z[i]:.1f})", ADVICE["unstable"], {"z": float(z[i])})
+        Finding("spike", float(step_of[i]), spike_message(name, float(step_of[i]), float(x[i]), float(medians[i]),
+                                                          float(z[i])), ADVICE["unstable"], {"z": float(z[i])})
         for i in np.flatnonzero(sign * z > z_threshold)
     ]
 

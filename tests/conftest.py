@@ -22,7 +22,7 @@ def make_trainer(tmp_path, toy_tokenizer):
     """Build a trainer on the toy task: ``make_trainer(mode="nsr", trainer_cls=..., reward_funcs=..., **config)``."""
 
     def factory(mode="grpo", *, trainer_cls=None, config_cls=None, reward_funcs=None, peft_config=None, seed=0,
-                **config_kwargs):
+                callbacks=None, num_prompts=256, **config_kwargs):
         from trl import GRPOConfig
 
         from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
@@ -52,9 +52,10 @@ def make_trainer(tmp_path, toy_tokenizer):
             model=build_tiny_model(toy_tokenizer, seed=seed),
             reward_funcs=reward_funcs or digit_rule_reward,
             args=args,
-            train_dataset=build_toy_dataset(256, seed=seed),
+            train_dataset=build_toy_dataset(num_prompts, seed=seed),
             processing_class=toy_tokenizer,
             peft_config=peft_config,
+            callbacks=callbacks,
         )
 
     return factory

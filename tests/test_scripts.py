@@ -45,6 +45,9 @@ def test_snake_case_aliases_and_no_checkpoints(tmp_path):
     assert "W-REINFORCE [Step" not in result.stdout
     assert not list(out.glob("checkpoint-*"))
     assert any("w_reinforce/pos_neg_ratio" in h for h in log_history(out))
+    # Checkpoints off: the end-of-training curve and stats are still written.
+    assert (out / "img" / "loss_curve.png").exists() and (out / "img" / "reward_curve.png").exists()
+    assert json.loads((out / "training_stats.json").read_text())["total_steps"] == 2
 
 
 def test_saved_model_directory_and_dataset_file(tmp_path, toy_tokenizer):
@@ -81,6 +84,8 @@ def test_lora_flag(tmp_path):
         (["--mode", "psr", "--reward-func", "nope"], "--reward-func 'nope' is neither a built-in"),
         (["--mode", "psr", "--per-device-train-batch-size", "6"], "must be a multiple of --num-generations 8"),
         (["--mode", "psr", "--max-steps", "0"], "--max-steps 0: use a positive number of steps"),
+        (["--mode", "psr", "--max-steps", "2", "--early-stopping-metric", "rewrd"],
+         "'rewrd' was never logged (logged: "),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message):

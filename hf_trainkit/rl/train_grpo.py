@@ -137,8 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
           help="integrations to report to (e.g. wandb, tensorboard, none)")
     _flag(logging_group, "wandb-project", default=None, metavar="NAME", help="W&B project (sets WANDB_PROJECT)")
+    _flag(logging_group, "wandb-every", type=_positive_int, default=None, metavar="N",
+          help="send W&B one record every N steps (the mean of the window); implies --report-to wandb "
+          "(default with wandb: 1)")
     _flag(logging_group, "run-name", default=None, metavar="NAME", help="run name for the integrations")
     _flag(logging_group, "quiet", action="store_true", help="do not print the per-step mode line")
+    _flag(logging_group, "no-loss-curve", action="store_true",
+          help="do not write img/loss_curve.png, img/reward_curve.png and training_stats.json at the end")
+    _flag(logging_group, "no-diagnostics", action="store_true",
+          help="do not print live diagnostics (non-finite values, spikes, plateau, overfitting, starved filter)")
+
+    stop = parser.add_argument_group("early stopping (any logged metric)")
+    _flag(stop, "early-stopping-metric", default=None, metavar="KEY",
+          help="logged key to watch, e.g. reward, nsr/avg_reward, eval_loss (default: no early stopping)")
+    _flag(stop, "early-stopping-mode", choices=("min", "max"), default=None,
+          help="min or max (default: max for keys containing 'reward' or 'accuracy', else min)")
+    _flag(stop, "early-stopping-patience", type=_positive_int, default=3, metavar="N",
+          help="checks without improvement before stopping")
+    _flag(stop, "early-stopping-min-delta", type=_non_negative_float, default=0.0, metavar="D",
+          help="smallest absolute change that counts as an improvement")
+    _flag(stop, "early-stopping-smoothing", type=float, default=0.0, metavar="W",
+          help="EMA weight in [0, 1) applied to the metric before comparing (for noisy rewards)")
+    _flag(stop, "divergence-threshold", type=float, default=None, metavar="X",
+          help="stop at once when the metric is worse than X")
+    _flag(stop, "stopping-threshold", type=float, default=None, metavar="X",
+          help="stop at once when the metric is at least as good as X")
     return parser
 
 
@@ -228,7 +251,10 @@ def build_config(args: argparse.Namespace):
         beta=args.beta,
         logging_steps=args.logging_steps,
         log_completions=args.log_completions,
-        report_to=[] if args.report_to == ["none"] else args.report_to,
+        # W&B is owned by WandbEveryNCallback (see build_callbacks): keeping "wandb" out of report_to stops both
+        # transformers' per-step WandbCallback and TRL's per-call profiling records.
+        report_to=[r for r in args.report_to if r not in ("none", "wandb")],
+        restore_callback_states_from_checkpoint=True,
         run_name=args.run_name,
         log_mode_summary=not args.quiet,
         **extra,
@@ -272,6 +298,31 @@ def build_peft_config(args: argparse.Namespace):
     )
 
 
+def build_callbacks(args: argparse.Namespace) -> list:
+    from ..callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
+                             WandbEveryNCallback)
+
+    callbacks = []
+    if args.wandb_every is not None or "wandb" in args.report_to:
+        callbacks.append(WandbEveryNCallback(args.wandb_every or 1, project=args.wandb_project,
+                                             run_name=args.run_name))
+    if not args.no_loss_curve:
+        callbacks.append(LossCurveCallback())
+    if not args.no_diagnostics:
+        callbacks.append(TrainingDiagnosticsCallback())
+    if args.early_stopping_metric:
+        key = args.early_stopping_metric
+        mode = args.early_stopping_mode or ("max" if ("reward" in key or "accuracy" in key) else "min")
+        try:
+            callbacks.append(MetricEarlyStoppingCallback(
+                key, mode=mode, patience=args.early_stopping_patience, min_delta=args.early_stopping_min_delta,
+                smoothing=args.early_stopping_smoothing, divergence_threshold=args.divergence_threshold,
+                stopping_threshold=args.stopping_threshold))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    return callbacks
+
+
 def run(args: argparse.Namespace):
     """Train as `args` says and return the trainer."""
     from .filtered_grpo_trainer import FilteredGRPOTrainer
@@ -289,6 +340,7 @@ def run(args: argparse.Namespace):
     except ValueError as error:
         raise UsageError(str(error)) from None
     dataset = load_train_dataset(args)
+    callbacks = build_callbacks(args)
     # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
     model, tokenizer = build_model_and_tokenizer(args)
     trainer = FilteredGRPOTrainer(
@@ -298,6 +350,7 @@ def run(args: argparse.Namespace):
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=build_peft_config(args),
+        callbacks=callbacks,
     )
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -310,9 +363,11 @@ def run(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..callbacks import MonitorNotLoggedError
+
     try:
         run(args)
-    except UsageError as error:
+    except (UsageError, MonitorNotLoggedError) as error:
         if os.environ.get("HF_TRAINKIT_DEBUG"):
             raise
         print(f"train_grpo.py: error: {error}", file=sys.stderr)

@@ -1,0 +1,19 @@
+"""`TrainerCallback`s for any transformers `Trainer` (and so for TRL trainers and `FilteredGRPOTrainer`)."""
+
+from .diagnostics import TrainingDiagnosticsCallback
+from .early_stopping import MetricEarlyStoppingCallback, MonitorNotLoggedError, StoppingCheck
+from .loss_curve import LossCurveCallback, curve_stats
+from .wandb_logging import WandbEveryNCallback, aggregate_window, wandb_key
+
+
+__all__ = [
+    "LossCurveCallback",
+    "MetricEarlyStoppingCallback",
+    "MonitorNotLoggedError",
+    "StoppingCheck",
+    "TrainingDiagnosticsCallback",
+    "WandbEveryNCallback",
+    "aggregate_window",
+    "curve_stats",
+    "wandb_key",
+]

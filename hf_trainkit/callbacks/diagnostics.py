@@ -1,0 +1,181 @@
+"""Live training diagnostics: warn once per episode about what `hf-trainkit monitor` would diagnose post hoc."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from .. import diagnostics as dx
+
+
+logger = logging.get_logger(__name__)
+
+
+class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
+    """Detect and print, once per episode, what goes wrong during training, each with what to try.
+
+    - non-finite `loss` or `grad_norm`;
+    - spikes of the loss, the grad norm and the monitored metric (robust z-score against the trailing `window`
+      logs, the same rule and words as `hf-trainkit monitor`);
+    - plateau: the smoothed monitored metric has not improved by more than `min_delta` (relative) for `patience`
+      logs;
+    - overfitting: eval loss above its best by 5% while the smoothed train loss keeps falling;
+    - RL: the reward filter starving (a `*/kept_ratio` of 0 for `starvation_logs` logs in a row).
+
+    An episode ends when the condition clears; the next occurrence is reported again. Acts on `on_log` (which also
+    receives eval metrics); prints on the world process zero; changes nothing in `control`. Its counters survive
+    a resume through `ExportableState`. Findings are also kept in `self.findings` (dicts) for programmatic use.
+
+    Args:
+        monitor (`str`, *optional*): the metric for plateaus; default `reward` when logged (RL), else `loss`.
+        mode (`str`, *optional*): `"min"` or `"max"`; default `max` for a reward, `min` otherwise.
+        patience (`int`, *optional*, defaults to `50`): logs without improvement that make a plateau.
+        min_delta (`float`, *optional*, defaults to `0.01`): relative improvement that counts.
+        smoothing (`float`, *optional*, defaults to `0.6`): TensorBoard EMA weight applied to the monitored metric.
+        window (`int`, *optional*, defaults to `20`), z_threshold (`float`, *optional*, defaults to `6.0`): spikes.
+        starvation_logs (`int`, *optional*, defaults to `10`): logs with nothing kept before warning.
+    """
+
+    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 50,
+                 min_delta: float = 0.01, smoothing: float = 0.6, window: int = dx.SPIKE_WINDOW,
+                 z_threshold: float = dx.SPIKE_Z, starvation_logs: int = 10):
+        if mode not in (None, "min", "max"):
+            raise ValueError(f"TrainingDiagnosticsCallback: mode={mode!r} must be 'min' or 'max'.")
+        if patience < 1 or window < 5 or starvation_logs < 1:
+            raise ValueError(f"TrainingDiagnosticsCallback: patience={patience}, window={window} and "
+                             f"starvation_logs={starvation_logs} must be >= 1, >= 5 and >= 1.")
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"TrainingDiagnosticsCallback: smoothing={smoothing!r} must be in [0, 1).")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.smoothing, self.window, self.z_threshold, self.starvation_logs = smoothing, window, z_threshold, starvation_logs
+        self.findings: list[dict] = []
+        self.active: list[str] = []  # episodes in progress, reported once
+        self.recent: dict[str, list[float]] = {}
+        self.ranges: dict[str, list[float]] = {}
+        self.ema_value: float | None = None
+        self.ema_count = 0
+        self.best_smoothed: float | None = None
+        self.logs_since_improvement = 0
+        self.train_ema: float | None = None
+        self.best_eval: float | None = None
+        self.train_ema_at_best_eval: float | None = None
+        self.starved_logs = 0
+
+    def state(self) -> dict:
+        return {
+            "args": {"monitor": self.monitor, "mode": self.mode, "patience": self.patience,
+                     "min_delta": self.min_delta, "smoothing": self.smoothing, "window": self.window,
+                     "z_threshold": self.z_threshold, "starvation_logs": self.starvation_logs},
+            "attributes": {k: getattr(self, k) for k in (
+                "findings", "active", "recent", "ranges", "ema_value", "ema_count", "best_smoothed",
+                "logs_since_improvement", "train_ema", "best_eval", "train_ema_at_best_eval", "starved_logs")},
+        }
+
+    # --- episodes -------------------------------------------------------------------------------------------------
+
+    def _report(self, state, episode: str, kind: str, message: str, advice: str):
+        if episode in self.active:
+            return
+        self.active.append(episode)
+        self.findings.append({"kind": kind, "step": state.global_step, "message": message, "advice": advice})
+        if state.is_world_process_zero:
+            logger.warning(f"[diagnostics] step {state.global_step}: {message}. Try: {advice}")
+
+    def _clear(self, episode: str):
+        if episode in self.active:
+            self.active.remove(episode)
+
+    # --- checks ---------------------------------------------------------------------------------------------------
+
+    def _check_spike(self, state, key: str, value: float, mode: str):
+        history = self.recent.setdefault(key, [])
+        seen = self.ranges.setdefault(key, [value, value])
+        seen[0], seen[1] = min(seen[0], value), max(seen[1], value)
+        if len(history) >= max(5, self.window // 2):
+            z, median = dx.robust_z(history, value, max(0.01 * (seen[1] - seen[0]), 1e-12))
+            episode = f"spike:{key}"
+            if (z if mode == "min" else -z) > self.z_threshold:
+                self._report(state, episode, "spike", dx.spike_message(key, state.global_step, value, median, z),
+                             dx.ADVICE["unstable"])
+            else:
+                self._clear(episode)
+        history.append(value)
+        del history[: -self.window]
+
+    def _smooth(self, previous: float | None, count: int, value: float) -> tuple[float, int]:
+        """One step of the debiased EMA: keeps (raw accumulator, count) so that it matches `diagnostics.ema`."""
+        accumulator = (previous or 0.0) * self.smoothing + (1 - self.smoothing) * value
+        return accumulator, count + 1
+
+    def _check_plateau(self, state, key: str, mode: str, value: float):
+        self.ema_value, self.ema_count = self._smooth(self.ema_value, self.ema_count, value)
+        smoothed = self.ema_value / (1 - self.smoothing**self.ema_count)
+        threshold = self.min_delta * abs(self.best_smoothed) if self.best_smoothed is not None else 0.0
+        if self.best_smoothed is None or dx.improvement(self.best_smoothed, smoothed, mode) > threshold:
+            self.best_smoothed, self.logs_since_improvement = smoothed, 0
+            self._clear("plateau")
+            return
+        self.logs_since_improvement += 1
+        if self.logs_since_improvement >= self.patience:
+            self._report(state, "plateau", "plateau",
+                         f"smoothed {key} has not improved by more than {self.min_delta:.0%} for "
+                         f"{self.logs_since_improvement} logs (best {self.best_smoothed:.4g}, now {smoothed:.4g})",
+                         dx.ADVICE["plateau"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_runtime" in logs:
+            return
+        try:
+            self._on_log(state, logs)
+        except Exception as error:  # a diagnostic must never stop training
+            logger.warning(f"TrainingDiagnosticsCallback: skipped a check ({type(error).__name__}: {error}).")
+
+    def _on_log(self, state, logs: dict):
+        if "eval_loss" in logs:
+            self._check_overfitting(state, float(logs["eval_loss"]))
+            return
+        for key in ("loss", "grad_norm"):
+            value = logs.get(key)
+            if not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                self._report(state, f"non_finite:{key}", "non_finite", f"{key} is {value}", dx.ADVICE["diverged"])
+                continue
+            self._clear(f"non_finite:{key}")
+            if key == "grad_norm":
+                self._check_spike(state, key, float(value), "min")
+        monitor = self.monitor or ("reward" if "reward" in logs else "loss")
+        mode = self.mode or ("max" if "reward" in monitor else "min")
+        value = logs.get(monitor)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self._check_spike(state, monitor, float(value), mode)
+            self._check_plateau(state, monitor, mode, float(value))
+        loss = logs.get("loss")
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            self.train_ema = loss if self.train_ema is None else 0.9 * self.train_ema + 0.1 * loss
+        kept = [v for k, v in logs.items() if k.endswith("/kept_ratio") and isinstance(v, (int, float))]
+        if kept:
+            self.starved_logs = self.starved_logs + 1 if max(kept) == 0 else 0
+            if self.starved_logs >= self.starvation_logs:
+                self._report(state, "starved", "starved",
+                             f"the reward filter kept no sample for {self.starved_logs} logs in a row",
+                             dx.STARVED_ADVICE)
+            elif self.starved_logs == 0:
+                self._clear("starved")
+
+    def _check_overfitting(self, state, eval_loss: float):
+        if not math.isfinite(eval_loss):
+            return
+        if self.best_eval is None or eval_loss < self.best_eval:
+            self.best_eval, self.train_ema_at_best_eval = eval_loss, self.train_ema
+            self._clear("overfitting")
+            return
+        train_falling = (self.train_ema is not None and self.train_ema_at_best_eval is not None
+                         and self.train_ema < self.train_ema_at_best_eval)
+        if eval_loss > self.best_eval * (1 + dx.OVERFIT_FRACTION) and train_falling:
+            self._report(state, "overfitting", "overfitting",
+                         f"eval loss {eval_loss:.4g} is above its best {self.best_eval:.4g} while the train loss "
+                         f"keeps falling", dx.ADVICE["overfitting"])

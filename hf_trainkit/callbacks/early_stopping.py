@@ -1,0 +1,153 @@
+"""Early stopping on any logged metric (train or eval), with Lightning's options."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from ..diagnostics import improvement
+
+
+logger = logging.get_logger(__name__)
+
+
+class MonitorNotLoggedError(ValueError):
+    """The monitored key is not among the logged ones (strict mode): a configuration mistake, found at step 1."""
+
+
+@dataclass
+class StoppingCheck:
+    """The decision of one check: stop or not, and why (``reason`` is empty when training goes on)."""
+
+    should_stop: bool
+    reason: str = ""
+
+
+class MetricEarlyStoppingCallback(TrainerCallback, ExportableState):
+    """Stop training when a logged metric stops improving, diverges, or reaches a target; a final checkpoint is
+    saved (when saving is on).
+
+    Works on any key that reaches `on_log`: training logs (`loss`, `reward`, `nsr/avg_reward` ...) as well as eval
+    metrics (`eval_loss` ...), unlike transformers' `EarlyStoppingCallback` (eval only). Every rank logs the same
+    gathered values, so every rank takes the same decision at the same step. Acts on `on_log`; sets
+    `control.should_training_stop` and `control.should_save`; prints on the world process zero. Stores the best
+    value, the wait counter and the smoothing state through `ExportableState`.
+
+    Args:
+        monitor (`str`): the logged key to watch.
+        mode (`str`, *optional*, defaults to `"min"`): `"min"` if lower is better, `"max"` if higher is better.
+        patience (`int`, *optional*, defaults to `3`): checks (logs of `monitor`, not steps) without improvement
+            before stopping. With `logging_steps=10` and `patience=5`, training stops 50 steps after the last
+            improvement.
+        min_delta (`float`, *optional*, defaults to `0.0`): an improvement must exceed this (absolute).
+        check_finite (`bool`, *optional*, defaults to `True`): stop at once on NaN or infinity.
+        stopping_threshold (`float`, *optional*): stop as soon as the metric is at least this good.
+        divergence_threshold (`float`, *optional*): stop as soon as the metric is worse than this.
+        smoothing (`float`, *optional*, defaults to `0.0`): TensorBoard EMA weight applied before comparing, for
+            noisy RL rewards (a lucky batch is not an improvement); 0 compares raw values.
+        strict (`bool`, *optional*, defaults to `True`): a `monitor` that is never logged is an error (listing the
+            keys that were logged); with `False` a warning.
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
+                 check_finite: bool = True, stopping_threshold: float | None = None,
+                 divergence_threshold: float | None = None, smoothing: float = 0.0, strict: bool = True):
+        if not monitor:
+            raise ValueError("MetricEarlyStoppingCallback: monitor is empty; name a logged key such as 'eval_loss'.")
+        if mode not in ("min", "max"):
+            raise ValueError(f"MetricEarlyStoppingCallback: mode={mode!r} must be 'min' or 'max'.")
+        if patience < 1:
+            raise ValueError(f"MetricEarlyStoppingCallback: patience={patience!r} must be >= 1.")
+        if min_delta < 0:
+            raise ValueError(f"MetricEarlyStoppingCallback: min_delta={min_delta!r} must be >= 0.")
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"MetricEarlyStoppingCallback: smoothing={smoothing!r} must be in [0, 1).")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.check_finite, self.stopping_threshold = check_finite, stopping_threshold
+        self.divergence_threshold, self.smoothing, self.strict = divergence_threshold, smoothing, strict
+        self.best: float | None = None
+        self.wait = 0
+        self.ema_accumulator = 0.0
+        self.ema_count = 0
+        self.stopped_step: int | None = None
+        self.stopping_reason = ""
+        self.seen_keys: list[str] = []
+        self.warned_missing = False
+
+    def state(self) -> dict:
+        return {
+            "args": {"monitor": self.monitor, "mode": self.mode, "patience": self.patience,
+                     "min_delta": self.min_delta, "check_finite": self.check_finite,
+                     "stopping_threshold": self.stopping_threshold,
+                     "divergence_threshold": self.divergence_threshold, "smoothing": self.smoothing,
+                     "strict": self.strict},
+            "attributes": {"best": self.best, "wait": self.wait, "ema_accumulator": self.ema_accumulator,
+                           "ema_count": self.ema_count, "stopped_step": self.stopped_step,
+                           "stopping_reason": self.stopping_reason},
+        }
+
+    def _smoothed(self, value: float) -> float:
+        if not self.smoothing or not math.isfinite(value):
+            return value
+        self.ema_accumulator = self.ema_accumulator * self.smoothing + (1 - self.smoothing) * value
+        self.ema_count += 1
+        return self.ema_accumulator / (1 - self.smoothing**self.ema_count)
+
+    def check(self, value: float) -> StoppingCheck:
+        """Update with one logged value and decide (pure of the trainer: testable on a list of values)."""
+        name = self.monitor
+        if not math.isfinite(value):
+            if self.check_finite:
+                return StoppingCheck(True, f"{name} is {value}: stopping (check_finite=True)")
+            return StoppingCheck(False)
+        value = self._smoothed(value)
+        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
+        if self.divergence_threshold is not None and better(self.divergence_threshold, value):
+            return StoppingCheck(True, f"{name}={value:.4g} is worse than divergence_threshold="
+                                       f"{self.divergence_threshold}")
+        if self.stopping_threshold is not None and not better(self.stopping_threshold, value):
+            return StoppingCheck(True, f"{name}={value:.4g} reached stopping_threshold={self.stopping_threshold}")
+        if self.best is None or improvement(self.best, value, self.mode) > self.min_delta:
+            self.best, self.wait = value, 0
+            return StoppingCheck(False)
+        self.wait += 1
+        if self.wait >= self.patience:
+            return StoppingCheck(True, f"{name} did not improve by more than {self.min_delta} for {self.wait} "
+                                       f"checks (best {self.best:.4g})")
+        return StoppingCheck(False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_runtime" in logs or self.stopped_step is not None:
+            return
+        value = logs.get(self.monitor)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self._missing(state, logs)
+            return
+        decision = self.check(float(value))
+        if decision.should_stop:
+            self.stopped_step, self.stopping_reason = state.global_step, decision.reason
+            control.should_training_stop = True
+            # The final checkpoint, unless the run was told to write none (save_strategy="no").
+            control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+            if state.is_world_process_zero:
+                logger.warning(f"Early stopping at step {state.global_step}: {decision.reason}.")
+
+    def _missing(self, state, logs: dict):
+        for key in logs:
+            if key not in self.seen_keys:
+                self.seen_keys.append(key)
+        # Eval keys only arrive with evaluations: judge a missing eval_* key on eval logs, others on train logs.
+        is_eval_log = any(key.startswith("eval_") for key in logs)
+        if self.monitor.startswith("eval_") != is_eval_log:
+            return
+        message = (f"MetricEarlyStoppingCallback(monitor={self.monitor!r}): {self.monitor!r} was never logged "
+                   f"(logged: {', '.join(sorted(self.seen_keys))}); pick one of those or set strict=False.")
+        if self.best is None and self.strict:
+            raise MonitorNotLoggedError(message)
+        if not self.warned_missing and self.best is None:
+            self.warned_missing = True
+            logger.warning(message)

@@ -1,0 +1,147 @@
+"""End-of-training loss (and reward) curve images and `training_stats.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+STATS_FILE = "training_stats.json"
+IMAGE_DIR = "img"
+EPOCH_LINE_GID = "epoch-boundary"
+
+
+def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -> dict | None:
+    """Steps, values and per-epoch figures of one logged training metric (eval and summary entries left out).
+
+    Returns `None` when the key was never logged. Epoch boundaries are the steps at which the integer part of
+    `epoch` first grows; per-epoch averages group the logs by that integer part.
+    """
+    steps, values, epochs = [], [], []
+    for entry in log_history:
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or "train_runtime" in entry:
+            continue
+        if any(k.startswith("eval_") for k in entry):
+            continue
+        steps.append(entry.get("step", len(steps)))
+        values.append(float(value))
+        epochs.append(entry.get("epoch"))
+    if not values:
+        return None
+    boundaries, per_epoch = [], {}
+    previous = None
+    for step, value, epoch in zip(steps, values, epochs):
+        index = int(math.floor(epoch - 1e-9)) if isinstance(epoch, (int, float)) and epoch > 0 else 0
+        if previous is not None and index > previous:
+            boundaries.append(step)
+        previous = index
+        if math.isfinite(value):
+            per_epoch.setdefault(index, []).append((step, value))
+    finite = [v for v in values if math.isfinite(v)]
+    best = (min(finite) if mode == "min" else max(finite)) if finite else None
+    return {
+        "key": key,
+        "steps": steps,
+        "values": values,
+        "epoch_boundaries": boundaries,
+        "epoch_averages": [
+            {"epoch": index + 1, "first_step": pairs[0][0], "last_step": pairs[-1][0],
+             "average": sum(v for _, v in pairs) / len(pairs)}
+            for index, pairs in sorted(per_epoch.items())
+        ],
+        "best": best,
+        "best_step": steps[values.index(best)] if best is not None else None,
+        "final": values[-1],
+    }
+
+
+def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None, title: str):
+    """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), per-epoch average segments and a box of
+    figures; save to `path`. Returns the figure (closed) so callers can inspect what was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    key = stats["key"]
+    ax.plot(stats["steps"], stats["values"], color="tab:blue", linewidth=1.2, label=f"{key} per step")
+    for step in stats["epoch_boundaries"]:
+        ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, gid=EPOCH_LINE_GID)
+    for segment in stats["epoch_averages"]:
+        ax.hlines(segment["average"], segment["first_step"], segment["last_step"], colors="tab:orange",
+                  linewidth=2.2, label="epoch average" if segment is stats["epoch_averages"][0] else None)
+    box = [f"total steps: {total_steps}", f"epochs: {epochs:.2f}" if epochs is not None else "epochs: -",
+           f"best {key}: {stats['best']:.4g} (step {stats['best_step']})" if stats["best"] is not None else "",
+           f"final {key}: {stats['final']:.4g}"]
+    ax.text(0.99, 0.98, "\n".join(line for line in box if line), transform=ax.transAxes, ha="right", va="top",
+            fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+class LossCurveCallback(TrainerCallback):
+    """At the end of training, write `img/loss_curve.png`, `img/reward_curve.png` (RL runs) and
+    `training_stats.json` into `output_dir`, from the trainer's log history.
+
+    Works with checkpoints off. Acts on `on_train_end`, on the world process zero only. A failure (no matplotlib,
+    a full disk) is a warning: training has finished either way.
+
+    Args:
+        output_dir (`str`, *optional*): where to write (default: `args.output_dir`).
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = output_dir
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        try:
+            self.write(args, state)
+        except Exception as error:  # a plot must never turn a finished training into a failed one
+            logger.warning(f"LossCurveCallback: could not write the loss curve ({type(error).__name__}: {error}).")
+
+    def write(self, args, state) -> dict:
+        output_dir = self.output_dir or args.output_dir
+        history = state.log_history
+        loss = curve_stats(history, "loss", "min")
+        reward = curve_stats(history, "reward", "max")
+        epochs = max((e["epoch"] for e in history if isinstance(e.get("epoch"), (int, float))), default=None)
+        stats = {
+            "total_steps": state.global_step,
+            "epochs": epochs,
+            "best_loss": loss["best"] if loss else None,
+            "final_loss": loss["final"] if loss else None,
+            "epoch_average_loss": loss["epoch_averages"] if loss else [],
+            "steps": loss["steps"] if loss else [],
+            "loss": loss["values"] if loss else [],
+        }
+        if reward:
+            stats.update(best_reward=reward["best"], final_reward=reward["final"],
+                         epoch_average_reward=reward["epoch_averages"], reward_steps=reward["steps"],
+                         reward=reward["values"])
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, STATS_FILE), "w") as handle:
+            json.dump(stats, handle, indent=2)
+        image_dir = os.path.join(output_dir, IMAGE_DIR)
+        os.makedirs(image_dir, exist_ok=True)
+        for curve, name, title in ((loss, "loss_curve.png", "Training loss"),
+                                   (reward, "reward_curve.png", "Reward (the GRPO loss is ~0 by construction)")):
+            if curve:
+                plot_curve(curve, os.path.join(image_dir, name), total_steps=state.global_step, epochs=epochs,
+                           title=title)
+        return stats

@@ -1,0 +1,244 @@
+"""The callbacks on real trainers (FilteredGRPOTrainer on the tiny model), real W&B offline, real files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from hf_trainkit.callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
+                                   WandbEveryNCallback, aggregate_window, curve_stats, wandb_key)
+from hf_trainkit.callbacks.loss_curve import EPOCH_LINE_GID, plot_curve
+
+from .wandb_records import history_rows
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_logs(trainer):
+    return [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+
+
+def constant_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+# --- W&B every N --------------------------------------------------------------------------------------------------
+
+
+def test_wandb_records_every_n_steps_with_window_means(make_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    trainer = make_trainer("psr", max_steps=25, callbacks=[WandbEveryNCallback(10, project="tests")],
+                           log_mode_summary=False)
+    trainer.train()
+    rows = [r for r in history_rows(Path(trainer.args.output_dir) / "wandb") if "train/loss" in r]
+    assert [r["train/global_step"] for r in rows] == [10, 20, 25]
+    logs = train_logs(trainer)
+    for row, (start, end) in zip(rows, [(0, 10), (10, 20), (20, 25)]):
+        window = logs[start:end]
+        assert row["train/loss"] == pytest.approx(sum(h["loss"] for h in window) / len(window))
+        assert row["train/reward"] == pytest.approx(sum(h["reward"] for h in window) / len(window))
+        assert row["train/learning_rate"] == pytest.approx(window[-1]["learning_rate"])
+        assert row["train/epoch"] == pytest.approx(window[-1]["epoch"])
+        assert row["psr/positive_samples"] == sum(h["psr/positive_samples"] for h in window)
+        assert row["psr/kept_ratio"] == pytest.approx(sum(h["psr/kept_ratio"] for h in window) / len(window))
+        assert "train/grad_norm" in row and not any(key.startswith("profiling/") for key in row)
+
+
+def test_wandb_run_continues_after_resume(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env.pop("WANDB_DIR", None)
+    out = tmp_path / "run"
+    common = [sys.executable, ROOT / "scripts" / "train_grpo.py", "--mode", "nsr", "--output-dir", out,
+              "--wandb-every", "3", "--save-steps", "6", "--quiet"]
+    first = subprocess.run([*map(str, common), "--max-steps", "6"], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    assert f"wandb sync {out}/wandb/offline-run-" in first.stdout
+    second = subprocess.run([*map(str, common), "--max-steps", "9", "--resume-from-checkpoint", "latest"],
+                            capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)
+    steps = [r["train/global_step"] for r in history_rows(out / "wandb") if "train/loss" in r]
+    assert steps == [3, 6, 9]
+
+
+def test_window_aggregation_and_names():
+    window = {"loss": [1.0, float("nan"), 3.0], "learning_rate": [3.0, 2.0, 1.0], "nsr/negative_samples": [2, 3, 4],
+              "grad_norm": [float("inf")]}
+    record = aggregate_window(window)
+    assert record == {"loss": 2.0, "learning_rate": 1.0, "nsr/negative_samples": 9.0, "grad_norm": float("inf")}
+    assert [wandb_key(k) for k in ("loss", "eval_loss", "nsr/kept_ratio", "rewards/f/mean")] == [
+        "train/loss", "eval/loss", "nsr/kept_ratio", "train/rewards/f/mean"]
+    with pytest.raises(ValueError, match="every_n_steps=0 must be an integer >= 1"):
+        WandbEveryNCallback(0)
+
+
+# --- loss curve and stats -----------------------------------------------------------------------------------------
+
+
+def test_loss_curve_images_and_stats(make_trainer):
+    # 8 prompts, 2 per step: 4 steps per epoch, 3 epochs -> 2 epoch boundaries.
+    trainer = make_trainer("w-reinforce", num_prompts=8, max_steps=-1, num_train_epochs=3,
+                           callbacks=[LossCurveCallback()], log_mode_summary=False)
+    trainer.train()
+    out = Path(trainer.args.output_dir)
+    for name in ("loss_curve.png", "reward_curve.png"):
+        data = (out / "img" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        import matplotlib.image
+
+        assert matplotlib.image.imread(out / "img" / name).shape[0] > 100
+    stats = json.loads((out / "training_stats.json").read_text())
+    logs = train_logs(trainer)
+    assert stats["total_steps"] == trainer.state.global_step == 12
+    assert stats["loss"] == [h["loss"] for h in logs] and stats["steps"] == [h["step"] for h in logs]
+    assert stats["reward"] == [h["reward"] for h in logs]
+    assert stats["final_loss"] == logs[-1]["loss"]
+    assert stats["best_reward"] == max(h["reward"] for h in logs)
+    assert [e["epoch"] for e in stats["epoch_average_loss"]] == [1, 2, 3]
+    first_epoch = [h["loss"] for h in logs if h["epoch"] <= 1.0 + 1e-9]
+    assert stats["epoch_average_loss"][0]["average"] == pytest.approx(sum(first_epoch) / len(first_epoch))
+    figure = plot_curve(curve_stats(trainer.state.log_history, "loss"), str(out / "check.png"), total_steps=12,
+                        epochs=3.0, title="t")
+    boundaries = [line for line in figure.axes[0].lines if line.get_gid() == EPOCH_LINE_GID]
+    assert [line.get_xdata()[0] for line in boundaries] == [5, 9]
+
+
+def test_plot_failure_does_not_stop_training(make_trainer, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    trainer = make_trainer("psr", max_steps=3, callbacks=[LossCurveCallback()], log_mode_summary=False)
+    trainer.train()
+    out = Path(trainer.args.output_dir)
+    assert trainer.state.global_step == 3
+    assert (out / "training_stats.json").exists() and not (out / "img" / "loss_curve.png").exists()
+
+
+# --- live diagnostics ---------------------------------------------------------------------------------------------
+
+
+def drive(callback, series, key="loss", extra=None):
+    args, state, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerState(), TrainerControl()
+    for step, value in enumerate(series, start=1):
+        state.global_step = step
+        logs = {key: value, **(extra(step) if extra else {})}
+        callback.on_log(args, state, control, logs=logs)
+    return [f["kind"] for f in callback.findings], callback
+
+
+def clean_curve(n=200):
+    return [2.0 * math.exp(-s / 40) + 0.3 + 0.01 * math.sin(s) for s in range(n)]
+
+
+def test_clean_curve_raises_nothing():
+    kinds, _ = drive(TrainingDiagnosticsCallback(patience=50), clean_curve())
+    assert kinds == []
+
+
+def test_spike_is_reported_once_per_episode():
+    values = clean_curve()
+    values[100] = 8.0
+    values[101] = 8.0  # the same episode
+    values[150] = 9.0  # a new one
+    kinds, callback = drive(TrainingDiagnosticsCallback(patience=500), values)
+    assert kinds == ["spike", "spike"]
+    assert [f["step"] for f in callback.findings] == [101, 151]
+    assert "lower the learning rate" in callback.findings[0]["advice"]
+
+
+def test_nan_and_plateau_and_starvation():
+    values = clean_curve(60) + [float("nan")] + [0.35] * 3
+    kinds, _ = drive(TrainingDiagnosticsCallback(patience=500), values)
+    assert kinds == ["non_finite"]
+    kinds, callback = drive(TrainingDiagnosticsCallback(patience=20), [1.0 + 0.001 * (s % 3) for s in range(100)])
+    assert kinds == ["plateau"] and callback.findings[0]["step"] == 21  # best at 1, then 20 logs without gain
+    kinds, _ = drive(TrainingDiagnosticsCallback(patience=500, starvation_logs=5), [0.5] * 12, key="reward",
+                     extra=lambda step: {"psr/kept_ratio": 0.0})
+    assert kinds.count("starved") == 1
+
+
+def test_overfitting_from_eval_logs():
+    callback = TrainingDiagnosticsCallback(patience=500)
+    args, state, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerState(), TrainerControl()
+    evals = {20: 1.0, 40: 0.8, 60: 0.82, 80: 0.95}  # 0.82 is within 5% of the best: not yet
+    for step, value in enumerate(clean_curve(80), start=1):
+        state.global_step = step
+        callback.on_log(args, state, control, logs={"loss": value})
+        if step in evals:
+            callback.on_log(args, state, control, logs={"eval_loss": evals[step]})
+    assert [f["kind"] for f in callback.findings] == ["overfitting"] and callback.findings[0]["step"] == 80
+
+
+# --- early stopping -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values,kwargs,stop_at", [
+    ([5, 4, 3, 3.5, 3.2, 3.1], {"patience": 3}, 6),
+    ([5, 4, 3, 3.5, 2.9, 3.1], {"patience": 3}, None),
+    ([5, 4, 3, 2.95, 2.96, 2.97], {"patience": 3, "min_delta": 0.1}, 6),
+    ([5, 4, float("nan")], {"patience": 3}, 3),
+    ([5, 4, 12], {"patience": 3, "divergence_threshold": 10}, 3),
+    ([5, 4, 0.5], {"patience": 3, "stopping_threshold": 1.0}, 3),
+    ([0.1, 0.2, 0.19, 0.18, 0.17], {"patience": 3, "mode": "max"}, 5),
+])
+def test_stopping_rules(values, kwargs, stop_at):
+    callback = MetricEarlyStoppingCallback("loss", **kwargs)
+    stops = [i + 1 for i, v in enumerate(values) if callback.check(float(v)).should_stop]
+    assert (stops[0] if stops else None) == stop_at
+
+
+def test_smoothing_ignores_a_lucky_batch():
+    rewards = [0.5] * 10 + [0.9] + [0.5] * 5
+    raw = MetricEarlyStoppingCallback("reward", mode="max", patience=100, min_delta=0.1)
+    smooth = MetricEarlyStoppingCallback("reward", mode="max", patience=100, min_delta=0.1, smoothing=0.9)
+    for reward in rewards:
+        raw.check(reward)
+        smooth.check(reward)
+    assert raw.best == 0.9  # the lucky batch became the bar to beat
+    assert smooth.best == pytest.approx(0.5) and smooth.wait == 15
+
+
+def test_early_stop_in_training_stops_at_the_right_step_with_a_checkpoint(make_trainer):
+    stopper = MetricEarlyStoppingCallback("reward", mode="max", patience=3)
+    trainer = make_trainer("nsr", max_steps=20, reward_funcs=constant_reward, callbacks=[stopper],
+                           save_strategy="steps", save_steps=100, log_mode_summary=False)
+    trainer.train()
+    # best at step 1, no improvement at steps 2, 3, 4 -> stop after step 4, and save there.
+    assert trainer.state.global_step == 4 and stopper.stopped_step == 4
+    assert (Path(trainer.args.output_dir) / "checkpoint-4" / "trainer_state.json").exists()
+
+
+def test_unknown_monitor_lists_logged_keys(make_trainer):
+    trainer = make_trainer("psr", max_steps=3, callbacks=[MetricEarlyStoppingCallback("rewrd")],
+                           log_mode_summary=False)
+    with pytest.raises(ValueError, match=r"'rewrd' was never logged \(logged: .*reward.*\); pick one of those"):
+        trainer.train()
+
+
+def test_stopping_state_survives_resume(make_trainer):
+    first = make_trainer("nsr", max_steps=4, reward_funcs=constant_reward, save_strategy="steps", save_steps=4,
+                         callbacks=[MetricEarlyStoppingCallback("reward", mode="max", patience=10)],
+                         restore_callback_states_from_checkpoint=True, log_mode_summary=False)
+    first.train()
+    stopper = MetricEarlyStoppingCallback("reward", mode="max", patience=10)
+    second = make_trainer("nsr", max_steps=6, reward_funcs=constant_reward, save_strategy="steps", save_steps=4,
+                          callbacks=[stopper], restore_callback_states_from_checkpoint=True, log_mode_summary=False)
+    second.train(resume_from_checkpoint=True)
+    restored = next(cb for cb in second.callback_handler.callbacks if isinstance(cb, MetricEarlyStoppingCallback))
+    assert restored.wait == 5 and restored.best == 0.0  # 3 non-improving checks before the save, 2 after
+
+
+def test_bad_callback_arguments():
+    with pytest.raises(ValueError, match="mode='median' must be 'min' or 'max'"):
+        MetricEarlyStoppingCallback("loss", mode="median")
+    with pytest.raises(ValueError, match="patience=0 must be >= 1"):
+        MetricEarlyStoppingCallback("loss", patience=0)
+    with pytest.raises(ValueError, match="smoothing=1.0 must be in"):
+        TrainingDiagnosticsCallback(smoothing=1.0)
