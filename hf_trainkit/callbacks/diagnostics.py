@@ -82,7 +82,7 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
         self.active.append(episode)
         self.findings.append({"kind": kind, "step": state.global_step, "message": message, "advice": advice})
         if state.is_world_process_zero:
-            logger.warning(f"[diagnostics] step {state.global_step}: {message}. Try: {advice}")
+            logger.warning(f"[diagnostics] {message}. {advice}")
 
     def _clear(self, episode: str):
         if episode in self.active:
@@ -121,8 +121,9 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
         self.logs_since_improvement += 1
         if self.logs_since_improvement >= self.patience:
             self._report(state, "plateau", "plateau",
-                         f"smoothed {key} has not improved by more than {self.min_delta:.0%} for "
-                         f"{self.logs_since_improvement} logs (best {self.best_smoothed:.4g}, now {smoothed:.4g})",
+                         f"plateau at step {state.global_step}: smoothed {key} has not improved by more than "
+                         f"{self.min_delta:.0%} for {self.logs_since_improvement} logs (best {self.best_smoothed:.4g}, "
+                         f"now {smoothed:.4g})",
                          dx.ADVICE["plateau"])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -142,7 +143,8 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
             if not isinstance(value, (int, float)):
                 continue
             if not math.isfinite(value):
-                self._report(state, f"non_finite:{key}", "non_finite", f"{key} is {value}", dx.ADVICE["diverged"])
+                self._report(state, f"non_finite:{key}", "non_finite", f"{key} is {value} at step {state.global_step}",
+                             dx.ADVICE["diverged"])
                 continue
             self._clear(f"non_finite:{key}")
             if key == "grad_norm":
@@ -161,7 +163,8 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
             self.starved_logs = self.starved_logs + 1 if max(kept) == 0 else 0
             if self.starved_logs >= self.starvation_logs:
                 self._report(state, "starved", "starved",
-                             f"the reward filter kept no sample for {self.starved_logs} logs in a row",
+                             f"the reward filter kept no sample for {self.starved_logs} logs in a row (step "
+                             f"{state.global_step})",
                              dx.STARVED_ADVICE)
             elif self.starved_logs == 0:
                 self._clear("starved")
@@ -177,5 +180,5 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
                          and self.train_ema < self.train_ema_at_best_eval)
         if eval_loss > self.best_eval * (1 + dx.OVERFIT_FRACTION) and train_falling:
             self._report(state, "overfitting", "overfitting",
-                         f"eval loss {eval_loss:.4g} is above its best {self.best_eval:.4g} while the train loss "
-                         f"keeps falling", dx.ADVICE["overfitting"])
+                         f"overfitting at step {state.global_step}: eval loss {eval_loss:.4g} is above its best "
+                         f"{self.best_eval:.4g} while the train loss keeps falling", dx.ADVICE["overfitting"])
