@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
           help="integrations to report to (e.g. wandb, tensorboard, none)")
     _flag(logging_group, "wandb-project", default=None, metavar="NAME", help="W&B project (sets WANDB_PROJECT)")
+    _flag(logging_group, "wandb-group", default=None, metavar="NAME", help="W&B run group (or WANDB_RUN_GROUP)")
+    _flag(logging_group, "wandb-tags", nargs="+", default=None, metavar="TAG", help="W&B tags (or WANDB_TAGS)")
     _flag(logging_group, "wandb-every", type=_positive_int, default=None, metavar="N",
           help="send W&B one record every N steps (the mean of the window); implies --report-to wandb "
           "(default with wandb: 1)")
@@ -305,7 +307,7 @@ def build_callbacks(args: argparse.Namespace) -> list:
     callbacks = []
     if args.wandb_every is not None or "wandb" in args.report_to:
         callbacks.append(WandbEveryNCallback(args.wandb_every or 1, project=args.wandb_project,
-                                             run_name=args.run_name))
+                                             run_name=args.run_name, group=args.wandb_group, tags=args.wandb_tags))
     if not args.no_loss_curve:
         callbacks.append(LossCurveCallback())
     if not args.no_diagnostics:
