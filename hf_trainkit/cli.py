@@ -21,6 +21,12 @@ def _run_monitor(rest: list[str]) -> int:
     return main(rest)
 
 
+def _run_checkpoints(rest: list[str]) -> int:
+    from .checkpointing.command import main
+
+    return main(rest)
+
+
 def _run_demo(rest: list[str]) -> int:
     from .demo import main
 
@@ -31,6 +37,7 @@ def _run_demo(rest: list[str]) -> int:
 COMMANDS = {
     "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (same flags as scripts/train_grpo.py)", _run_train_grpo),
     "monitor": ("plot one run or compare many from trainer_state.json, with a diagnosis", _run_monitor),
+    "checkpoints": ("find, list and inspect checkpoints: latest DIR | list DIR | inspect CKPT", _run_checkpoints),
     "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
 }
 

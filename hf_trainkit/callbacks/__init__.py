@@ -3,6 +3,7 @@
 from .diagnostics import TrainingDiagnosticsCallback
 from .early_stopping import MetricEarlyStoppingCallback, MonitorNotLoggedError, StoppingCheck
 from .loss_curve import LossCurveCallback, curve_stats
+from .resumable import ResumableCheckpointsCallback
 from .wandb_logging import WandbEveryNCallback, aggregate_window, wandb_key
 
 
@@ -10,6 +11,7 @@ __all__ = [
     "LossCurveCallback",
     "MetricEarlyStoppingCallback",
     "MonitorNotLoggedError",
+    "ResumableCheckpointsCallback",
     "StoppingCheck",
     "TrainingDiagnosticsCallback",
     "WandbEveryNCallback",

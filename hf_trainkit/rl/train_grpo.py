@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(save, "save-total-limit", type=_positive_int, default=None, metavar="N", help="keep at most N checkpoints")
     _flag(save, "no-save-checkpoints", action="store_true", help="write no checkpoint directory during training")
     _flag(save, "resume-from-checkpoint", default=None, metavar="CKPT",
-          help="checkpoint directory to resume from, or 'latest' for the newest one in --output-dir")
+          help="checkpoint directory to resume from (default: the newest valid checkpoint in --output-dir, "
+          "if any: re-running the same command resumes)")
+    _flag(save, "no-resume", action="store_true",
+          help="start from scratch even if --output-dir holds checkpoints or a finished run")
 
     logging_group = parser.add_argument_group("reporting")
     _flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
@@ -234,7 +237,8 @@ def build_config(args: argparse.Namespace):
     if args.no_save_checkpoints:
         extra["save_strategy"] = "no"
     else:
-        extra.update(save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit)
+        # The limit is applied by ResumableCheckpointsCallback (by step, valid checkpoints only), not the Trainer.
+        extra.update(save_strategy="steps", save_steps=args.save_steps)
     return FilteredGRPOConfig(
         output_dir=args.output_dir,
         mode=args.mode,
@@ -301,10 +305,10 @@ def build_peft_config(args: argparse.Namespace):
 
 
 def build_callbacks(args: argparse.Namespace) -> list:
-    from ..callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
-                             WandbEveryNCallback)
+    from ..callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, ResumableCheckpointsCallback,
+                             TrainingDiagnosticsCallback, WandbEveryNCallback)
 
-    callbacks = []
+    callbacks = [ResumableCheckpointsCallback(save_total_limit=args.save_total_limit)]
     if args.wandb_every is not None or "wandb" in args.report_to:
         callbacks.append(WandbEveryNCallback(args.wandb_every or 1, project=args.wandb_project,
                                              run_name=args.run_name, group=args.wandb_group, tags=args.wandb_tags))
@@ -325,8 +329,25 @@ def build_callbacks(args: argparse.Namespace) -> list:
     return callbacks
 
 
+def resume_point(args: argparse.Namespace, config) -> tuple[bool, str | None]:
+    """(already finished, checkpoint to resume from) for `args.output_dir`."""
+    from ..checkpointing import find_resume_checkpoint, read_training_complete
+
+    if args.no_resume:
+        return False, None
+    if args.resume_from_checkpoint not in (None, "latest"):
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise UsageError(f"--resume-from-checkpoint {args.resume_from_checkpoint}: no such directory.")
+        return False, args.resume_from_checkpoint
+    record = read_training_complete(args.output_dir)
+    if record and record.get("max_steps") == config.max_steps and (
+            config.max_steps > 0 or record.get("num_train_epochs") == config.num_train_epochs):
+        return True, None
+    return False, find_resume_checkpoint(args.output_dir)
+
+
 def run(args: argparse.Namespace):
-    """Train as `args` says and return the trainer."""
+    """Train as `args` says and return the trainer (None when the run had already finished)."""
     from .filtered_grpo_trainer import FilteredGRPOTrainer
     from .rewards import resolve_reward_func
 
@@ -341,6 +362,13 @@ def run(args: argparse.Namespace):
         config = build_config(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    finished, checkpoint = resume_point(args, config)
+    if finished:
+        print(f"{args.output_dir} already holds a finished run (training_complete.json): nothing to train. "
+              "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
+        return None
+    if checkpoint:
+        print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(args)
     callbacks = build_callbacks(args)
     # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
@@ -354,12 +382,18 @@ def run(args: argparse.Namespace):
         peft_config=build_peft_config(args),
         callbacks=callbacks,
     )
-    resume = args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     if trainer.args.should_save:
         print(f"Run written to {args.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries).")
     return trainer
+
+
+def was_preempted(trainer) -> bool:
+    from ..callbacks import ResumableCheckpointsCallback
+
+    return any(isinstance(cb, ResumableCheckpointsCallback) and cb.preempted
+               for cb in trainer.callback_handler.callbacks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,10 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..callbacks import MonitorNotLoggedError
 
     try:
-        run(args)
+        trainer = run(args)
     except (UsageError, MonitorNotLoggedError) as error:
         if os.environ.get("HF_TRAINKIT_DEBUG"):
             raise
         print(f"train_grpo.py: error: {error}", file=sys.stderr)
         return 2
+    if trainer is not None and was_preempted(trainer):
+        if trainer.args.should_save:
+            print(f"Stopped by SIGTERM after saving step {trainer.state.global_step}. Run the same command again "
+                  "(on this or another machine, with the output dir) to resume.", flush=True)
+        return 128 + 15  # "terminated", as a scheduler expects, after a clean save
     return 0

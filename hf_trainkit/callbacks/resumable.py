@@ -1,0 +1,186 @@
+"""Checkpoints you can resume from: completion marker, safe rotation, preemption saves, a training-complete record."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from ..checkpointing.discover import list_checkpoints
+from ..checkpointing.marker import write_complete_marker, write_json_atomically
+from ..checkpointing.rotate import checkpoints_to_delete
+from ..checkpointing.validate import TRAINING_COMPLETE
+
+
+logger = logging.get_logger(__name__)
+
+# Requests a signal can make, in increasing strength: all ranks agree on the strongest one any rank received.
+NOTHING, SAVE, SAVE_AND_STOP = 0, 1, 2
+
+
+def _distributed():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier():
+    dist = _distributed()
+    if dist is not None:
+        dist.barrier()
+
+
+def agree_on_max(value: int) -> int:
+    """The largest `value` over all ranks (one tiny all-reduce); the value itself in a single process."""
+    dist = _distributed()
+    if dist is None:
+        return value
+    import torch
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+class ResumableCheckpointsCallback(TrainerCallback):
+    """Make every checkpoint safe to resume from, and save on preemption.
+
+    - `on_save`: once every rank has finished its part of the save (barrier), the main process writes the
+      completion marker (`hf_trainkit_complete.json`: every file with its size, step, world size, total batch
+      size, why it was saved, the metrics at that step). A checkpoint without it is recognisably incomplete.
+    - Rotation: takes over `save_total_limit` from the `Trainer` (whose rotation sorts by mtime and can delete the
+      newest checkpoint): counts valid checkpoints by step, never deletes the newest valid one, the best one or a
+      `protected` one, and runs only after the new save is complete.
+    - Preemption: SIGTERM asks for a save and a clean stop at the next step boundary, SIGUSR1 for a save and go on;
+      every rank agrees through one small all-reduce per step (no file polling). A second SIGTERM exits at once.
+    - `on_train_end`: writes `training_complete.json` when training reached its end (not when preempted), so a
+      re-run of the same command does not train again.
+
+    Args:
+        save_total_limit (`int`, *optional*): keep at most this many valid checkpoints (default: the Trainer's
+            `save_total_limit`, which is then switched off in the Trainer).
+        protected (`list[str]`, *optional*): checkpoint folder names never deleted.
+        handle_signals (`bool`, *optional*, defaults to `True`): install the SIGTERM/SIGUSR1 handlers.
+    """
+
+    def __init__(self, save_total_limit: int | None = None, protected: list[str] | None = None,
+                 handle_signals: bool = True):
+        self.save_total_limit = save_total_limit
+        self.protected = set(protected or [])
+        self.handle_signals = handle_signals
+        self.requested = NOTHING
+        self.preempted = False
+        self.save_reason: str | None = None
+        self._previous_handlers: dict = {}
+        self._sigterm_count = 0
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, **kwargs):
+        if self.save_total_limit is None:
+            self.save_total_limit = args.save_total_limit
+        args.save_total_limit = None  # rotation is ours from now on (see the class docstring)
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGTERM:
+            self._sigterm_count += 1
+            if self._sigterm_count > 1:
+                print("Second SIGTERM: exiting now, without saving.", flush=True)
+                os._exit(128 + signal.SIGTERM)
+            self.requested = max(self.requested, SAVE_AND_STOP)
+        else:
+            self.requested = max(self.requested, SAVE)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._remap_best_checkpoint(args, state)
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if signum is not None:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _remap_best_checkpoint(self, args, state):
+        # A run copied from another machine carries absolute paths that point nowhere here.
+        best = state.best_model_checkpoint
+        if best and not os.path.isdir(best):
+            local = os.path.join(args.output_dir, os.path.basename(os.path.normpath(best)))
+            if os.path.isdir(local):
+                state.best_model_checkpoint = local
+
+    # --- every step: one agreement across ranks ---------------------------------------------------------------------
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.handle_signals:
+            return
+        agreed = agree_on_max(self.requested)
+        if agreed == NOTHING:
+            return
+        self.requested = NOTHING
+        # With checkpoints switched off, a preemption only stops cleanly: the user asked for no checkpoint.
+        control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+        if agreed == SAVE_AND_STOP:
+            control.should_training_stop = True
+            self.preempted = True
+            self.save_reason = "preempt"
+        else:
+            self.save_reason = "manual"
+
+    # --- saves ------------------------------------------------------------------------------------------------------
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank has written its shards before the marker says "complete"
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and checkpoint.is_dir():
+            try:
+                write_complete_marker(checkpoint, self._metadata(args, state))
+                self._rotate(args, state)
+            except OSError as error:
+                logger.warning(f"ResumableCheckpointsCallback: could not finish {checkpoint} ({error}).")
+        self.save_reason = None
+        barrier()  # no rank goes on (or exits) before the marker and the rotation are done
+
+    def _metadata(self, args, state) -> dict:
+        world_size = max(getattr(args, "world_size", 1), 1)
+        last_logs = next((e for e in reversed(state.log_history) if "loss" in e or "reward" in e), {})
+        reason = self.save_reason or ("final" if state.global_step >= state.max_steps > 0 else "interval")
+        return {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "reason": reason,
+            "world_size": world_size,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+            "metrics": {k: v for k, v in last_logs.items() if isinstance(v, (int, float)) and k != "step"},
+        }
+
+    def _rotate(self, args, state):
+        protected = set(self.protected)
+        if state.best_model_checkpoint:
+            protected.add(os.path.basename(os.path.normpath(state.best_model_checkpoint)))
+        for info in checkpoints_to_delete(list_checkpoints(args.output_dir), self.save_total_limit, protected):
+            shutil.rmtree(info.path, ignore_errors=True)
+
+    # --- the end ----------------------------------------------------------------------------------------------------
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+        if self.preempted or not args.should_save:
+            return
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+            write_json_atomically(Path(args.output_dir) / TRAINING_COMPLETE, {
+                "global_step": state.global_step, "max_steps": state.max_steps,
+                "num_train_epochs": args.num_train_epochs, "finished_at": time.time(),
+            })
+        except OSError as error:
+            logger.warning(f"ResumableCheckpointsCallback: could not write {TRAINING_COMPLETE} ({error}).")

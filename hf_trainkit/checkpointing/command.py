@@ -1,0 +1,76 @@
+"""`hf-trainkit checkpoints latest|list|inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return str(num_bytes)
+
+
+def _metrics_text(metrics: dict, limit: int = 3) -> str:
+    keys = [k for k in ("loss", "reward", "eval_loss") if k in metrics] or list(metrics)
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys[:limit] if isinstance(metrics[k], (int, float)))
+
+
+def checkpoints_command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-trainkit checkpoints",
+                                     description="Find, list and inspect checkpoints (nothing is ever deleted).")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    latest = sub.add_parser("latest", help="print the newest valid checkpoint of DIR (exit 1 if none)")
+    latest.add_argument("output_dir", metavar="DIR")
+    listing = sub.add_parser("list", help="table of DIR's checkpoints: step, name, reason, metrics, size, validity")
+    listing.add_argument("output_dir", metavar="DIR")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect = sub.add_parser("inspect", help="print a checkpoint's metadata")
+    inspect.add_argument("checkpoint", metavar="CKPT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .discover import find_resume_checkpoint, list_checkpoints
+    from .validate import inspect_checkpoint
+
+    args = checkpoints_command_parser().parse_args(argv)
+    if args.action == "inspect":
+        path = Path(args.checkpoint)
+        if not path.is_dir():
+            print(f"hf-trainkit checkpoints: {path}: no such directory.", file=sys.stderr)
+            return 2
+        info = inspect_checkpoint(path, compute_size=True)
+        print(json.dumps({"path": str(info.path), "step": info.step, "valid": info.valid,
+                          "why_not": info.reason or None, "size_bytes": info.size_bytes, "metrics": info.metrics,
+                          "marker": {k: v for k, v in info.marker.items() if k != "files"},
+                          "files": len(info.marker.get("files", {})) or None}, indent=2, default=str))
+        return 0 if info.valid else 1
+    if not Path(args.output_dir).is_dir():
+        print(f"hf-trainkit checkpoints: {args.output_dir}: no such directory.", file=sys.stderr)
+        return 2
+    if args.action == "latest":
+        found = find_resume_checkpoint(args.output_dir, warn=False)
+        if found is None:
+            print(f"hf-trainkit checkpoints: no valid checkpoint in {args.output_dir}.", file=sys.stderr)
+            return 1
+        print(found)
+        return 0
+    infos = list_checkpoints(args.output_dir, include_strays=True, compute_size=True)
+    if args.json:
+        print(json.dumps([{"step": i.step, "name": i.name, "reason": i.marker.get("reason"), "metrics": i.metrics,
+                           "size_bytes": i.size_bytes, "valid": i.valid, "why_not": i.reason or None}
+                          for i in infos], indent=2, default=str))
+        return 0
+    print(f"{'step':>8}  {'name':<22} {'reason':<9} {'metrics':<34} {'size':>9}  valid")
+    for info in infos:
+        validity = "yes" if info.valid else f"no: {info.reason}"
+        print(f"{info.step if info.step is not None else '-':>8}  {info.name[:22]:<22} "
+              f"{str(info.marker.get('reason') or '-'):<9} {_metrics_text(info.metrics)[:34]:<34} "
+              f"{_size(info.size_bytes):>9}  {validity}")
+    return 0

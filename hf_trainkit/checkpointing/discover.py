@@ -1,0 +1,70 @@
+"""Finding checkpoints in an output dir, ordered by step (never by mtime), and the one to resume from."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transformers.utils import logging
+
+from .validate import CHECKPOINT_PATTERN, TRAINING_COMPLETE, CheckpointInfo, inspect_checkpoint
+
+
+logger = logging.get_logger(__name__)
+
+
+def _candidates(root: Path) -> list[tuple[int, Path]]:
+    """`checkpoint-<step>` folders by step (the number, which `inspect_checkpoint` checks against
+    `trainer_state.json`; never the mtime), oldest first."""
+    found = []
+    for child in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def list_checkpoints(output_dir: str | os.PathLike, include_strays: bool = False,
+                     compute_size: bool = False) -> list[CheckpointInfo]:
+    """Every `checkpoint-<step>` folder of `output_dir`, inspected, oldest step first.
+
+    Stray folders that look like checkpoints but are not `checkpoint-<step>` (`checkpoint-final`,
+    `tmp-checkpoint-12`) are included, as invalid, only with `include_strays=True`.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    infos = [inspect_checkpoint(path, compute_size) for _, path in _candidates(root)]
+    if include_strays:
+        infos += [inspect_checkpoint(child, compute_size) for child in sorted(root.iterdir())
+                  if child.is_dir() and "checkpoint" in child.name and not CHECKPOINT_PATTERN.match(child.name)]
+    return infos
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True) -> str | None:
+    """Path of the newest *valid* checkpoint in `output_dir` (by step, never by mtime), or None.
+
+    Inspects from the newest down and stops at the first valid one, so a dir with thousands of checkpoints costs
+    a few file reads. Invalid checkpoints newer than it are skipped with a one-line warning saying why. Nothing is
+    deleted.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    for _, path in reversed(_candidates(root)):
+        info = inspect_checkpoint(path)
+        if info.valid:
+            return str(info.path)
+        if warn:
+            logger.warning(f"Skipping {info.path}: {info.reason}.")
+    return None
+
+
+def read_training_complete(output_dir: str | os.PathLike) -> dict | None:
+    """The record `ResumableCheckpointsCallback` writes when training ran to its end, or None."""
+    path = Path(output_dir) / TRAINING_COMPLETE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
