@@ -49,6 +49,27 @@ def agree_on_max(value: int) -> int:
     return int(tensor.item())
 
 
+def batch_change_message(args, state) -> str | None:
+    """A warning when the run resumes with another total batch size than its checkpoint was trained with."""
+    import json
+
+    marker_file = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "hf_trainkit_complete.json"
+    try:
+        saved = json.loads(marker_file.read_text())
+    except (OSError, ValueError):
+        return None
+    world_size = max(getattr(args, "world_size", 1), 1)
+    total = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    before = saved.get("total_train_batch_size")
+    if before is None or before == total:
+        return None
+    return (f"Resuming step {state.global_step} with a total batch of {total} (world size {world_size}) instead of "
+            f"{before} (world size {saved.get('world_size')}): the data position is counted in steps, so this run "
+            f"continues at sample {state.global_step * total} instead of {state.global_step * before}, skipping or "
+            f"repeating data. To keep it, choose --per-device-train-batch-size and --gradient-accumulation-steps "
+            f"so that their product times the world size is {before}.")
+
+
 class ResumableCheckpointsCallback(TrainerCallback):
     """Make every checkpoint safe to resume from, and save on preemption.
 
@@ -68,10 +89,13 @@ class ResumableCheckpointsCallback(TrainerCallback):
             `save_total_limit`, which is then switched off in the Trainer).
         protected (`list[str]`, *optional*): checkpoint folder names never deleted.
         handle_signals (`bool`, *optional*, defaults to `True`): install the SIGTERM/SIGUSR1 handlers.
+        mirror ([`CheckpointMirror`], *optional*): copy each complete checkpoint there in the background (the
+            main process only); training waits for the copies at its end.
     """
 
     def __init__(self, save_total_limit: int | None = None, protected: list[str] | None = None,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, mirror=None):
+        self.mirror = mirror
         self.save_total_limit = save_total_limit
         self.protected = set(protected or [])
         self.handle_signals = handle_signals
@@ -99,7 +123,7 @@ class ResumableCheckpointsCallback(TrainerCallback):
             self.requested = max(self.requested, SAVE)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._remap_best_checkpoint(args, state)
+        self._checked_resume = False
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
@@ -113,6 +137,18 @@ class ResumableCheckpointsCallback(TrainerCallback):
             local = os.path.join(args.output_dir, os.path.basename(os.path.normpath(best)))
             if os.path.isdir(local):
                 state.best_model_checkpoint = local
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The Trainer loads a checkpoint's state after on_train_begin: the first step is where a resume is visible.
+        if getattr(self, "_checked_resume", True):
+            return
+        self._checked_resume = True
+        if state.global_step > 0:
+            self._remap_best_checkpoint(args, state)
+            if state.is_world_process_zero:
+                message = batch_change_message(args, state)
+                if message:
+                    logger.warning(message)
 
     # --- every step: one agreement across ranks ---------------------------------------------------------------------
 
@@ -140,6 +176,8 @@ class ResumableCheckpointsCallback(TrainerCallback):
         if args.should_save and checkpoint.is_dir():
             try:
                 write_complete_marker(checkpoint, self._metadata(args, state))
+                if self.mirror is not None:
+                    self.mirror.push_in_background(checkpoint)
                 self._rotate(args, state)
             except OSError as error:
                 logger.warning(f"ResumableCheckpointsCallback: could not finish {checkpoint} ({error}).")
@@ -162,7 +200,7 @@ class ResumableCheckpointsCallback(TrainerCallback):
         }
 
     def _rotate(self, args, state):
-        protected = set(self.protected)
+        protected = set(self.protected) | (set(self.mirror.pending) if self.mirror is not None else set())
         if state.best_model_checkpoint:
             protected.add(os.path.basename(os.path.normpath(state.best_model_checkpoint)))
         for info in checkpoints_to_delete(list_checkpoints(args.output_dir), self.save_total_limit, protected):
@@ -174,6 +212,10 @@ class ResumableCheckpointsCallback(TrainerCallback):
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
+        if self.mirror is not None and args.should_save:
+            if self.mirror.pending:
+                print(f"Waiting for the checkpoint copies to {self.mirror.url} ...", flush=True)
+            self.mirror.wait()
         if self.preempted or not args.should_save:
             return
         try:

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(save, "resume-from-checkpoint", default=None, metavar="CKPT",
           help="checkpoint directory to resume from (default: the newest valid checkpoint in --output-dir, "
           "if any: re-running the same command resumes)")
+    _flag(save, "checkpoint-mirror", default=None, metavar="URL",
+          help="also keep the checkpoints at this fsspec URL or path (a mounted drive, s3://..., gs://...): copied "
+          "in the background, same --save-total-limit, and pulled on start when newer than the local ones")
     _flag(save, "no-resume", action="store_true",
           help="start from scratch even if --output-dir holds checkpoints or a finished run")
 
@@ -308,7 +311,15 @@ def build_callbacks(args: argparse.Namespace) -> list:
     from ..callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, ResumableCheckpointsCallback,
                              TrainingDiagnosticsCallback, WandbEveryNCallback)
 
-    callbacks = [ResumableCheckpointsCallback(save_total_limit=args.save_total_limit)]
+    mirror = None
+    if args.checkpoint_mirror and not args.no_save_checkpoints:
+        from ..checkpointing.mirror import CheckpointMirror
+
+        try:
+            mirror = CheckpointMirror(args.checkpoint_mirror, save_total_limit=args.save_total_limit)
+        except (ImportError, ValueError, OSError) as error:
+            raise UsageError(f"--checkpoint-mirror {args.checkpoint_mirror}: {error}") from None
+    callbacks = [ResumableCheckpointsCallback(save_total_limit=args.save_total_limit, mirror=mirror)]
     if args.wandb_every is not None or "wandb" in args.report_to:
         callbacks.append(WandbEveryNCallback(args.wandb_every or 1, project=args.wandb_project,
                                              run_name=args.run_name, group=args.wandb_group, tags=args.wandb_tags))
@@ -346,6 +357,26 @@ def resume_point(args: argparse.Namespace, config) -> tuple[bool, str | None]:
     return False, find_resume_checkpoint(args.output_dir)
 
 
+def pull_from_mirror(args: argparse.Namespace, config, callbacks: list):
+    """Bring the mirror's newest complete checkpoint into --output-dir when it is newer than the local ones."""
+    from ..callbacks import ResumableCheckpointsCallback
+    from ..checkpointing.mirror import newest_local_step
+
+    mirror = next((cb.mirror for cb in callbacks if isinstance(cb, ResumableCheckpointsCallback)), None)
+    if mirror is None or args.no_resume:
+        return
+    with config.main_process_first(local=False, desc="pull from the checkpoint mirror"):
+        if config.process_index == 0:
+            try:
+                remote = mirror.complete_steps()
+            except OSError as error:
+                print(f"Checkpoint mirror {mirror.url} unreachable ({error}); using local checkpoints only.")
+                return
+            if remote and remote[-1] > newest_local_step(args.output_dir):
+                local = mirror.pull(remote[-1], args.output_dir)
+                print(f"Pulled {local.name} from {mirror.url} (newer than any local checkpoint).")
+
+
 def run(args: argparse.Namespace):
     """Train as `args` says and return the trainer (None when the run had already finished)."""
     from .filtered_grpo_trainer import FilteredGRPOTrainer
@@ -362,6 +393,8 @@ def run(args: argparse.Namespace):
         config = build_config(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    callbacks = build_callbacks(args)
+    pull_from_mirror(args, config, callbacks)
     finished, checkpoint = resume_point(args, config)
     if finished:
         print(f"{args.output_dir} already holds a finished run (training_complete.json): nothing to train. "
@@ -370,7 +403,6 @@ def run(args: argparse.Namespace):
     if checkpoint:
         print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(args)
-    callbacks = build_callbacks(args)
     # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
     model, tokenizer = build_model_and_tokenizer(args)
     trainer = FilteredGRPOTrainer(

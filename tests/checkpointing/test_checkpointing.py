@@ -275,3 +275,49 @@ def test_checkpoints_commands(run_copy, capsys):
     empty.mkdir()
     assert checkpoints_main(["latest", str(empty)]) == 1
     assert checkpoints_main(["latest", str(run_copy / "missing")]) == 2
+
+
+def test_changed_total_batch_is_warned_about(run_copy):
+    (run_copy / "training_complete.json").unlink()
+    same_total = train(run_copy, "--max-steps", 7, "--save-steps", 2, "--per-device-train-batch-size", 8,
+                       "--gradient-accumulation-steps", 2)
+    assert same_total.returncode == 0, same_total.stderr[-3000:]
+    assert "with a total batch of" not in same_total.stderr
+    (run_copy / "training_complete.json").unlink()
+    smaller = train(run_copy, "--max-steps", 8, "--save-steps", 2, "--per-device-train-batch-size", 8)
+    assert smaller.returncode == 0, smaller.stderr[-3000:]
+    assert ("Resuming step 7 with a total batch of 8 (world size 1) instead of 16 (world size 1): the data "
+            "position is counted in steps, so this run continues at sample 56 instead of 112") in smaller.stderr
+
+
+def test_mirror_survives_the_loss_of_the_machine(tmp_path):
+    """Machine A is preempted and lost; machine B, with only the mirror, resumes and ends bit-exact."""
+    steps = 60
+    reference = tmp_path / "reference"
+    assert train(reference, "--max-steps", steps, "--save-steps", 4).returncode == 0
+    mirror = tmp_path / "mounted-drive" / "runs" / "psr"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    machine_a = tmp_path / "machine-a" / "run"
+    command = [sys.executable, str(TRAIN), "--mode", "psr", "--seed", "3", "--no-loss-curve", "--no-diagnostics",
+               "--max-steps", str(steps), "--save-steps", "4", "--save-total-limit", "2",
+               "--checkpoint-mirror", str(mirror)]
+    process, _ = start_and_wait_for_step([*command, "--output-dir", str(machine_a)], 10, env)
+    process.send_signal(signal.SIGTERM)
+    process.stdout.read()
+    assert process.wait(timeout=60) == 143
+    mirrored = sorted(p.name for p in mirror.glob("checkpoint-*"))
+    assert 1 <= len(mirrored) <= 2 and all((mirror / name / COMPLETE_MARKER).exists() for name in mirrored)
+    newest = max(int(name.split("-")[1]) for name in mirrored)
+    shutil.rmtree(machine_a.parent)  # the machine is gone
+    (mirror / "checkpoint-999").mkdir()  # a copy cut short (no marker): never pulled
+    (mirror / "checkpoint-9").mkdir()  # an older one cut short: cleaned once newer complete copies exist
+    machine_b = tmp_path / "machine-b" / "somewhere" / "run"
+    result = subprocess.run([*command, "--output-dir", str(machine_b), "--quiet"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Pulled checkpoint-{newest} from {mirror}" in result.stdout
+    assert curves(machine_b) == curves(reference)
+    assert not (machine_b / "checkpoint-999").exists()
+    final = sorted(p.name for p in mirror.glob("checkpoint-*"))
+    # The limit applies there too; a newer incomplete folder may be a copy in progress, so it stays.
+    assert final == ["checkpoint-56", "checkpoint-60", "checkpoint-999"]

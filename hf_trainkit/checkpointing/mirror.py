@@ -1,0 +1,137 @@
+"""A remote (or mounted) copy of a run's checkpoints, through fsspec: push in the background, pull on start.
+
+The completion marker is copied last, in both directions, so a copy cut short is recognisably incomplete on the
+other side too: a mirrored checkpoint counts only once its marker is there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import queue
+import re
+import threading
+from pathlib import Path
+
+from transformers.utils import logging
+
+from .validate import COMPLETE_MARKER, CHECKPOINT_PATTERN
+
+
+logger = logging.get_logger(__name__)
+
+
+class CheckpointMirror:
+    """Copies of `checkpoint-<step>` folders under an fsspec URL (`/mnt/drive/runs/x`, `s3://bucket/runs/x`, ...).
+
+    Args:
+        url (`str`): where the mirror lives; a local path works as is.
+        save_total_limit (`int`, *optional*): keep at most this many complete checkpoints there (newest first).
+    """
+
+    def __init__(self, url: str, save_total_limit: int | None = None):
+        import fsspec
+
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.save_total_limit = save_total_limit
+        self._queue: queue.Queue = queue.Queue()
+        self.pending: set[str] = set()  # names queued or being copied: local rotation must keep them
+        self._worker: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    # --- reading the mirror -----------------------------------------------------------------------------------------
+
+    def complete_steps(self) -> list[int]:
+        """Steps of the mirrored checkpoints whose marker arrived (oldest first)."""
+        if not self.fs.exists(self.root):
+            return []
+        steps = []
+        for entry in self.fs.ls(self.root, detail=False):
+            match = CHECKPOINT_PATTERN.match(posixpath.basename(entry.rstrip("/")))
+            if match and self.fs.exists(posixpath.join(entry, COMPLETE_MARKER)):
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def _all_steps(self) -> list[int]:
+        if not self.fs.exists(self.root):
+            return []
+        names = (posixpath.basename(e.rstrip("/")) for e in self.fs.ls(self.root, detail=False))
+        return sorted(int(m.group(1)) for m in map(CHECKPOINT_PATTERN.match, names) if m)
+
+    # --- copying ----------------------------------------------------------------------------------------------------
+
+    def _copy_tree(self, files: list[tuple[str, str]], put: bool):
+        # files: (source, destination) pairs; the marker is always last.
+        for source, destination in sorted(files, key=lambda pair: pair[0].endswith(COMPLETE_MARKER)):
+            if put:
+                self.fs.makedirs(posixpath.dirname(destination), exist_ok=True)
+                self.fs.put_file(source, destination)
+            else:
+                Path(destination).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(source, destination)
+
+    def push(self, checkpoint: str | Path):
+        """Copy a complete local checkpoint to the mirror (marker last), then apply the limit there."""
+        checkpoint = Path(checkpoint)
+        remote = posixpath.join(self.root, checkpoint.name)
+        files = [(str(f), posixpath.join(remote, f.relative_to(checkpoint).as_posix()))
+                 for f in sorted(checkpoint.rglob("*")) if f.is_file()]
+        self._copy_tree(files, put=True)
+        self.rotate()
+
+    def rotate(self):
+        complete = self.complete_steps()
+        if not complete:
+            return
+        newest = complete[-1]
+        doomed = [s for s in self._all_steps() if s < newest and s not in complete]  # cut-short copies
+        if self.save_total_limit:
+            doomed += complete[: max(len(complete) - self.save_total_limit, 0)]
+        for step in doomed:
+            self.fs.rm(posixpath.join(self.root, f"checkpoint-{step}"), recursive=True)
+
+    def pull(self, step: int, output_dir: str | Path) -> Path:
+        """Download mirrored `checkpoint-<step>` into `output_dir` (marker last) and return its local path."""
+        remote = posixpath.join(self.root, f"checkpoint-{step}")
+        local = Path(output_dir) / f"checkpoint-{step}"
+        files = [(path, str(local / posixpath.relpath(path, remote))) for path in self.fs.find(remote)]
+        self._copy_tree(files, put=False)
+        return local
+
+    # --- background pushes ------------------------------------------------------------------------------------------
+
+    def push_in_background(self, checkpoint: str | Path):
+        """Queue a push; one worker thread copies while training goes on."""
+        self.pending.add(Path(checkpoint).name)
+        self._queue.put(Path(checkpoint))
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._drain, name="checkpoint-mirror", daemon=True)
+            self._worker.start()
+
+    def _drain(self):
+        while True:
+            try:
+                checkpoint = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                return
+            try:
+                if checkpoint.is_dir():
+                    self.push(checkpoint)
+            except Exception as error:  # a mirror outage must not stop training
+                message = f"could not mirror {checkpoint.name} to {self.url} ({type(error).__name__}: {error})"
+                self.errors.append(message)
+                logger.warning(f"CheckpointMirror: {message}")
+            finally:
+                self.pending.discard(checkpoint.name)
+                self._queue.task_done()
+
+    def wait(self):
+        """Block until every queued push is done."""
+        self._queue.join()
+
+
+def newest_local_step(output_dir: str | Path) -> int:
+    from .discover import find_resume_checkpoint
+
+    found = find_resume_checkpoint(output_dir, warn=False)
+    return int(re.search(r"(\d+)$", found).group(1)) if found else -1
