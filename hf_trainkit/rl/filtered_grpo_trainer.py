@@ -37,22 +37,25 @@ _NOT_ROW_ALIGNED = (
     "token_type_ids",
     "mm_token_type_ids",
 )
+# Loss types whose denominator counts rows: padding rows (see select_rows) must be scaled back out.
+_ROW_MEAN_LOSSES = ("grpo", "sapo", "luspo", "dr_grpo")
 # Which samples must exist for each filtered mode to have anything to learn from.
 _STARVED_WHEN_NO = {"psr": "positive", "nsr": "negative", "w-reinforce": "positive"}
 
 
-def select_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-    """The batch restricted to the rows where `keep` is true (scalars and `None` pass through).
+def select_rows(inputs: dict[str, Any], keep: torch.Tensor, size: int | None = None) -> dict[str, Any]:
+    """The batch restricted to the rows where `keep` is true, padded to `size` rows (scalars and `None` pass through).
 
-    If no row is kept, one row stays with its loss mask and advantage zeroed, so that this rank still runs the
-    forward and backward passes that every rank must join under ZeRO-3, while adding nothing to the loss.
+    Padding rows are copies of the first row with their loss mask and advantage zeroed: they add nothing to the
+    loss, but let a rank with fewer (or no) kept samples run the same forward/backward passes and per-row
+    collectives (`all_gather` of per-sequence metrics) as the others, which ZeRO-3 and gloo/NCCL require.
     """
     batch_size = keep.shape[0]
-    placeholder = not bool(keep.any())
-    if placeholder:
-        keep = torch.zeros_like(keep)
-        keep[0] = True
     index = keep.nonzero(as_tuple=True)[0]
+    kept = index.numel()
+    size = max(size if size is not None else kept, 1)
+    if size > kept:
+        index = torch.cat([index, torch.zeros(size - kept, dtype=index.dtype, device=index.device)])
     selected = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
@@ -61,10 +64,11 @@ def select_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
             selected[key] = [value[i] for i in index.tolist()]
         else:
             selected[key] = value
-    if placeholder:
+    if size > kept:
         for key in ("completion_mask", "tool_mask", "advantages"):
             if selected.get(key) is not None:
-                selected[key] = torch.zeros_like(selected[key])
+                selected[key] = selected[key].clone()
+                selected[key][kept:] = 0
     return selected
 
 
@@ -121,6 +125,7 @@ class FilteredGRPOTrainer(GRPOTrainer):
         self._last_rewards_per_func: torch.Tensor | None = None
         self._starved_batches = 0
         self._warned_non_row_aligned = False
+        self._warned_padding = False
 
     # --- scoring: the mode's advantages and kept rows -------------------------------------------------------------
 
@@ -211,6 +216,13 @@ class FilteredGRPOTrainer(GRPOTrainer):
 
     # --- loss: only the kept rows reach the model ------------------------------------------------------------------
 
+    def _rows_per_rank(self, kept: int, device) -> int:
+        """The largest kept count over all ranks: every rank must hand TRL the same number of rows, since TRL
+        all_gathers per-sequence metrics (one small collective per micro-batch)."""
+        if self.accelerator.num_processes == 1:
+            return kept
+        return int(self.accelerator.gather(torch.tensor([kept], device=device)).max())
+
     def _compute_loss(self, model, inputs):
         keep = inputs.get("keep")
         if keep is None:
@@ -223,4 +235,16 @@ class FilteredGRPOTrainer(GRPOTrainer):
                     "weight) instead of removed; they still cost a forward pass and count in per-sequence means."
                 )
             return super()._compute_loss(model, mask_rows(inputs, keep))
-        return super()._compute_loss(model, select_rows(inputs, keep))
+        kept = int(keep.sum())
+        size = self._rows_per_rank(kept, keep.device)
+        loss = super()._compute_loss(model, select_rows(inputs, keep, size))
+        if 0 < kept < size and self.loss_type in _ROW_MEAN_LOSSES:
+            if self._entropy_bonus_enabled or self.aux_loss_enabled:
+                if not self._warned_padding:
+                    self._warned_padding = True
+                    logger.warning("FilteredGRPOTrainer: with an entropy bonus or an aux loss, the per-row mean of "
+                                   f"loss_type={self.loss_type!r} counts the zero-weight rows that even out the "
+                                   "kept counts across processes.")
+            else:
+                loss = loss * (size / kept)
+        return loss

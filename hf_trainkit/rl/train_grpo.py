@@ -231,6 +231,13 @@ def load_train_dataset(args: argparse.Namespace):
     return dataset
 
 
+def _cpu_only_distributed() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() \
+        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true"
+
+
 def build_config(args: argparse.Namespace):
     from .filtered_grpo_config import FilteredGRPOConfig
 
@@ -242,6 +249,10 @@ def build_config(args: argparse.Namespace):
     else:
         # The limit is applied by ResumableCheckpointsCallback (by step, valid checkpoints only), not the Trainer.
         extra.update(save_strategy="steps", save_steps=args.save_steps)
+    if _cpu_only_distributed():
+        # accelerate launch --multi_gpu on a host without a GPU: without use_cpu every process would train alone
+        # (world size 1, same output dir); with it, the processes form one DDP group over gloo.
+        extra["use_cpu"] = True
     return FilteredGRPOConfig(
         output_dir=args.output_dir,
         mode=args.mode,
@@ -402,6 +413,8 @@ def run(args: argparse.Namespace):
         return None
     if checkpoint:
         print(f"Resuming from {checkpoint}")
+    if config.process_index == 0 and config.world_size > 1:
+        print(f"world size {config.world_size}, distributed type {config.distributed_state.distributed_type}")
     dataset = load_train_dataset(args)
     # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
     model, tokenizer = build_model_and_tokenizer(args)

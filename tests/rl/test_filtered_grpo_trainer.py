@@ -56,9 +56,12 @@ def gradients(model):
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("mode", ["psr", "nsr", "w-reinforce"])
-def test_loss_equals_trl_loss_on_kept_samples(make_trainer, loss_type, mode):
+@pytest.mark.parametrize("mode,padding", [("psr", 0), ("nsr", 0), ("w-reinforce", 0), ("nsr", 3)])
+def test_loss_equals_trl_loss_on_kept_samples(make_trainer, loss_type, mode, padding):
     trainer = make_trainer(mode, loss_type=loss_type, reward_funcs=alternating_reward)
+    if padding:
+        # As on a rank with fewer kept samples than another: zero-weight rows even out the row counts.
+        trainer._rows_per_rank = lambda kept, device: kept + padding
     model = trainer.model
     model.train()
     batch = trainer._generate_and_score_completions(generation_inputs(trainer))
@@ -80,7 +83,7 @@ def test_loss_equals_trl_loss_on_kept_samples(make_trainer, loss_type, mode):
     loss.backward()
     ours = gradients(model)
     recorder.remove()
-    assert recorder.batch_sizes == [int(keep.sum())], "dropped samples reached the forward pass"
+    assert recorder.batch_sizes == [int(keep.sum()) + padding], "dropped samples reached the forward pass"
 
     model.zero_grad()
     reference = GRPOTrainer._compute_loss(trainer, model, trl_inputs_on_kept_rows(batch, keep))
