@@ -244,6 +244,8 @@ def diagnose(
         "first": first, "final": final, "best": best, "points": len(finite_values),
         "recent_change_of_total": recent_change, "total_change_relative": total_change,
     }
+    # The live plateau rule (TrainingDiagnosticsCallback): logs since the smoothed curve last gained 1%.
+    numbers["logs_since_improvement"] = steps_since_improvement(smooth, mode, min_delta=0.01)
     spikes = find_spikes(finite_steps, finite_values, name, mode=mode)
     findings.extend(spikes)
     numbers["spikes"] = len(spikes)
