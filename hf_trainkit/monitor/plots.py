@@ -11,7 +11,7 @@ from ..diagnostics import ema
 from .load import RunHistory, Series
 
 
-MAX_DRAWN_POINTS = 1600  # ~2 points per pixel of an 8-inch figure: min/max thinning loses nothing visible
+MAX_DRAWN_POINTS = 1200  # ~1.5 points per pixel of an 8-inch figure: min/max thinning loses nothing visible
 MODE_PANELS = (
     ("psr/positive_ratio", "PSR positive ratio"),
     ("nsr/negative_ratio", "NSR negative ratio"),
