@@ -22,7 +22,8 @@ def run_demo(output_root: str = "runs/demo", max_steps: int = 200, seed: int = 0
     for mode in modes:
         output_dir = os.path.join(output_root, mode)
         argv = ["--mode", mode, "--output-dir", output_dir, "--seed", str(seed), "--max-steps", str(max_steps),
-                "--logging-steps", str(max(1, max_steps // 10)), "--save-steps", str(max_steps), "--quiet"]
+                "--logging-steps", str(max(1, max_steps // 10)), "--save-steps", str(max_steps), "--quiet",
+                "--no-resume"]  # the demo trains afresh each time it is run
         print(f"training {mode:<12} -> {output_dir}", flush=True)
         start = time.perf_counter()
         # The Trainer prints every log dict; the table below is what the demo is about.

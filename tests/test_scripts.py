@@ -121,6 +121,9 @@ def test_demo_and_cli(tmp_path):
     for mode in ("grpo", "psr", "nsr", "w-reinforce"):
         assert (tmp_path / "demo" / mode / "trainer_state.json").exists()
         assert f"\n{mode} " in result.stdout
+    again = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3")
+    assert again.returncode == 0, again.stderr[-3000:]  # the README's first command, run a second time
+    assert "\ngrpo " in again.stdout
     compare = tmp_path / "demo" / "compare"
     assert (compare / "mode_metrics.png").exists() and (compare / "report.html").exists()
     ranked = json.loads((compare / "summary.json").read_text())["ranking"]
