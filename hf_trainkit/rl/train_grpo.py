@@ -368,6 +368,26 @@ def resume_point(args: argparse.Namespace, config) -> tuple[bool, str | None]:
     return False, find_resume_checkpoint(args.output_dir)
 
 
+def agreed_resume_point(args: argparse.Namespace, config) -> tuple[bool, str | None]:
+    """`resume_point` decided by the main process and broadcast, so every rank resumes from the same checkpoint
+    (or all stop) even if their views of the disk differ."""
+    if config.world_size == 1:
+        return resume_point(args, config)
+    from accelerate.utils import broadcast_object_list
+
+    decision = [None]
+    if config.process_index == 0:
+        try:
+            decision = [("ok", resume_point(args, config))]
+        except UsageError as error:
+            decision = [("error", str(error))]
+    broadcast_object_list(decision, from_process=0)
+    status, value = decision[0]
+    if status == "error":
+        raise UsageError(value)
+    return value
+
+
 def pull_from_mirror(args: argparse.Namespace, config, callbacks: list):
     """Bring the mirror's newest complete checkpoint into --output-dir when it is newer than the local ones."""
     from ..callbacks import ResumableCheckpointsCallback
@@ -406,7 +426,7 @@ def run(args: argparse.Namespace):
         raise UsageError(str(error)) from None
     callbacks = build_callbacks(args)
     pull_from_mirror(args, config, callbacks)
-    finished, checkpoint = resume_point(args, config)
+    finished, checkpoint = agreed_resume_point(args, config)
     if finished:
         print(f"{args.output_dir} already holds a finished run (training_complete.json): nothing to train. "
               "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
