@@ -83,6 +83,13 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
+def ema_step(accumulator: float, count: int, value: float, weight: float) -> tuple[float, int, float]:
+    """One step of [`ema`] for live use: (new accumulator, new count, debiased smoothed value)."""
+    accumulator = accumulator * weight + (1 - weight) * value
+    count += 1
+    return accumulator, count, accumulator / (1 - weight**count)
+
+
 def spike_message(name: str, step: float, value: float, median: float, z: float) -> str:
     return f"{name} spike at step {step:g}: {value:.4g} vs median {median:.4g} (robust z={z:.1f})"
 

@@ -105,14 +105,9 @@ class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
         history.append(value)
         del history[: -self.window]
 
-    def _smooth(self, previous: float | None, count: int, value: float) -> tuple[float, int]:
-        """One step of the debiased EMA: keeps (raw accumulator, count) so that it matches `diagnostics.ema`."""
-        accumulator = (previous or 0.0) * self.smoothing + (1 - self.smoothing) * value
-        return accumulator, count + 1
-
     def _check_plateau(self, state, key: str, mode: str, value: float):
-        self.ema_value, self.ema_count = self._smooth(self.ema_value, self.ema_count, value)
-        smoothed = self.ema_value / (1 - self.smoothing**self.ema_count)
+        self.ema_value, self.ema_count, smoothed = dx.ema_step(self.ema_value or 0.0, self.ema_count, value,
+                                                               self.smoothing)
         threshold = self.min_delta * abs(self.best_smoothed) if self.best_smoothed is not None else 0.0
         if self.best_smoothed is None or dx.improvement(self.best_smoothed, smoothed, mode) > threshold:
             self.best_smoothed, self.logs_since_improvement = smoothed, 0

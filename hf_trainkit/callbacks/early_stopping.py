@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
-from ..diagnostics import improvement
+from ..diagnostics import ema_step, improvement
 
 
 logger = logging.get_logger(__name__)
@@ -93,9 +93,9 @@ class MetricEarlyStoppingCallback(TrainerCallback, ExportableState):
     def _smoothed(self, value: float) -> float:
         if not self.smoothing or not math.isfinite(value):
             return value
-        self.ema_accumulator = self.ema_accumulator * self.smoothing + (1 - self.smoothing) * value
-        self.ema_count += 1
-        return self.ema_accumulator / (1 - self.smoothing**self.ema_count)
+        self.ema_accumulator, self.ema_count, smoothed = ema_step(self.ema_accumulator, self.ema_count, value,
+                                                                  self.smoothing)
+        return smoothed
 
     def check(self, value: float) -> StoppingCheck:
         """Update with one logged value and decide (pure of the trainer: testable on a list of values)."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, TRAINER_STATE_NAME, TRAINING_COMPLETE  # noqa: F401
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "hf_trainkit_complete.json"
-TRAINING_COMPLETE = "training_complete.json"
-TRAINER_STATE_NAME = "trainer_state.json"
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import gc
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import CHECKPOINT_PATTERN, TRAINER_STATE_NAME
 
-TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing torch
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 KEY_ALIASES = {"lr": "learning_rate"}
 _NOT_METRICS = {"step", "epoch"}
