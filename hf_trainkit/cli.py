@@ -27,6 +27,12 @@ def _run_checkpoints(rest: list[str]) -> int:
     return main(rest)
 
 
+def _run_control(rest: list[str]) -> int:
+    from .checkpointing.control_command import main
+
+    return main(rest)
+
+
 def _run_demo(rest: list[str]) -> int:
     from .demo import main
 
@@ -38,6 +44,7 @@ COMMANDS = {
     "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (same flags as scripts/train_grpo.py)", _run_train_grpo),
     "monitor": ("plot one run or compare many from trainer_state.json, with a diagnosis", _run_monitor),
     "checkpoints": ("find, list and inspect checkpoints: latest DIR | list DIR | inspect CKPT", _run_checkpoints),
+    "control": ("act on a running training: save [--name N] RUN_DIR | stop RUN_DIR | status RUN_DIR", _run_control),
     "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
 }
 

@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
+from ..checkpointing.save_request import request_save, saving_enabled
 from ..diagnostics import ema_step, improvement
 
 
@@ -17,6 +18,22 @@ logger = logging.get_logger(__name__)
 
 class MonitorNotLoggedError(ValueError):
     """The monitored key is not among the logged ones (strict mode): a configuration mistake, found at step 1."""
+
+
+def report_missing_monitor(owner: str, monitor: str, logs: dict, seen_keys: list[str], strict: bool) -> bool:
+    """Called with a log that lacks `monitor`, before it was ever seen: raise (strict) or warn, and return whether
+    a warning was given. Eval keys only arrive with evaluations, so a missing `eval_*` key is judged on eval logs and
+    any other key on training logs."""
+    seen_keys.extend(key for key in logs if key not in seen_keys)
+    is_eval_log = any(key.startswith("eval_") for key in logs)
+    if monitor.startswith("eval_") != is_eval_log:
+        return False
+    message = (f"{owner}(monitor={monitor!r}): {monitor!r} was never logged (logged: {', '.join(sorted(seen_keys))}); "
+               "pick one of those or set strict=False.")
+    if strict:
+        raise MonitorNotLoggedError(message)
+    logger.warning(message)
+    return True
 
 
 @dataclass
@@ -131,23 +148,12 @@ class MetricEarlyStoppingCallback(TrainerCallback, ExportableState):
         if decision.should_stop:
             self.stopped_step, self.stopping_reason = state.global_step, decision.reason
             control.should_training_stop = True
-            # The final checkpoint, unless the run was told to write none (save_strategy="no").
-            control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+            if saving_enabled(args):  # the final checkpoint, unless the run was told to write none
+                request_save(control, state, "final", stopped_by="early stopping")
             if state.is_world_process_zero:
                 logger.warning(f"Early stopping at step {state.global_step}: {decision.reason}.")
 
     def _missing(self, state, logs: dict):
-        for key in logs:
-            if key not in self.seen_keys:
-                self.seen_keys.append(key)
-        # Eval keys only arrive with evaluations: judge a missing eval_* key on eval logs, others on train logs.
-        is_eval_log = any(key.startswith("eval_") for key in logs)
-        if self.monitor.startswith("eval_") != is_eval_log:
-            return
-        message = (f"MetricEarlyStoppingCallback(monitor={self.monitor!r}): {self.monitor!r} was never logged "
-                   f"(logged: {', '.join(sorted(self.seen_keys))}); pick one of those or set strict=False.")
-        if self.best is None and self.strict:
-            raise MonitorNotLoggedError(message)
-        if not self.warned_missing and self.best is None:
-            self.warned_missing = True
-            logger.warning(message)
+        if self.best is None and not self.warned_missing:
+            self.warned_missing = report_missing_monitor(type(self).__name__, self.monitor, logs, self.seen_keys,
+                                                         self.strict)

@@ -13,40 +13,19 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..checkpointing.discover import list_checkpoints
-from ..checkpointing.marker import write_complete_marker, write_json_atomically
+from ..checkpointing.marker import read_marker, write_complete_marker, write_json_atomically
+from ..checkpointing.policy import pinned_names
 from ..checkpointing.rotate import checkpoints_to_delete
+from ..checkpointing.save_request import (REASONS, SaveRequest, pop_save_request, request_save,
+                                           saving_enabled)
 from ..checkpointing.validate import TRAINING_COMPLETE
+from ..distributed import agree_on_max, barrier
 
 
 logger = logging.get_logger(__name__)
 
 # Requests a signal can make, in increasing strength: all ranks agree on the strongest one any rank received.
 NOTHING, SAVE, SAVE_AND_STOP = 0, 1, 2
-
-
-def _distributed():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def barrier():
-    dist = _distributed()
-    if dist is not None:
-        dist.barrier()
-
-
-def agree_on_max(value: int) -> int:
-    """The largest `value` over all ranks (one tiny all-reduce); the value itself in a single process."""
-    dist = _distributed()
-    if dist is None:
-        return value
-    import torch
-
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor([value], dtype=torch.int32, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
 
 
 def batch_change_message(args, state) -> str | None:
@@ -101,7 +80,6 @@ class ResumableCheckpointsCallback(TrainerCallback):
         self.handle_signals = handle_signals
         self.requested = NOTHING
         self.preempted = False
-        self.save_reason: str | None = None
         self._previous_handlers: dict = {}
         self._sigterm_count = 0
 
@@ -159,52 +137,78 @@ class ResumableCheckpointsCallback(TrainerCallback):
         if agreed == NOTHING:
             return
         self.requested = NOTHING
-        # With checkpoints switched off, a preemption only stops cleanly: the user asked for no checkpoint.
-        control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
         if agreed == SAVE_AND_STOP:
             control.should_training_stop = True
             self.preempted = True
-            self.save_reason = "preempt"
-        else:
-            self.save_reason = "manual"
+        # With checkpoints switched off, a preemption only stops cleanly: the user asked for no checkpoint.
+        if saving_enabled(args):
+            request_save(control, state, "preempt" if agreed == SAVE_AND_STOP else "manual")
 
     # --- saves ------------------------------------------------------------------------------------------------------
 
     def on_save(self, args, state, control, **kwargs):
         barrier()  # every rank has written its shards before the marker says "complete"
+        request = pop_save_request(control, state)
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and checkpoint.is_dir():
             try:
-                write_complete_marker(checkpoint, self._metadata(args, state))
+                marker = write_complete_marker(checkpoint, self._metadata(args, state, request, checkpoint))
+                if marker.get("name"):
+                    logger.warning(f"Saved {checkpoint} as {marker['name']!r} ({marker['reason']}, pinned).")
                 if self.mirror is not None:
                     self.mirror.push_in_background(checkpoint)
                 self._rotate(args, state)
             except OSError as error:
                 logger.warning(f"ResumableCheckpointsCallback: could not finish {checkpoint} ({error}).")
-        self.save_reason = None
         barrier()  # no rank goes on (or exits) before the marker and the rotation are done
 
-    def _metadata(self, args, state) -> dict:
+    def _metadata(self, args, state, request: SaveRequest | None, checkpoint: Path) -> dict:
         world_size = max(getattr(args, "world_size", 1), 1)
-        last_logs = next((e for e in reversed(state.log_history) if "loss" in e or "reward" in e), {})
-        reason = self.save_reason or ("final" if state.global_step >= state.max_steps > 0 else "interval")
-        return {
+        metrics = {}
+        for entry in state.log_history:  # every log of this step: train metrics and evaluation alike
+            if entry.get("step") == state.global_step:
+                metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"})
+        if not metrics:  # not a logging step: the latest training log
+            last = next((e for e in reversed(state.log_history) if "loss" in e or "reward" in e), {})
+            metrics = {k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "step"}
+        reasons = list(request.reasons) if request else []
+        if state.global_step >= state.max_steps > 0 and "final" not in reasons:
+            reasons.append("final")
+        reasons = reasons or ["interval"]
+        metadata = {
             "step": state.global_step,
             "epoch": state.epoch,
-            "reason": reason,
+            "reason": min(reasons, key=REASONS.index),
+            "reasons": reasons,
             "world_size": world_size,
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
-            "metrics": {k: v for k, v in last_logs.items() if isinstance(v, (int, float)) and k != "step"},
+            "metrics": metrics,
         }
+        # Saved again at the same step (a named save right after an interval save): keep its name and pin.
+        previous = read_marker(checkpoint)
+        name = (request.name if request else None) or previous.get("name")
+        if name:
+            metadata["name"] = name
+        if (request and request.pinned) or previous.get("pinned"):
+            metadata["pinned"] = True
+        if request:
+            metadata.update(request.extra)
+        return metadata
 
     def _rotate(self, args, state):
-        protected = set(self.protected) | (set(self.mirror.pending) if self.mirror is not None else set())
+        checkpoints = list_checkpoints(args.output_dir)
+        protected = set(self.protected) | pinned_names(checkpoints)
+        if self.mirror is not None:
+            protected |= set(self.mirror.pending)
         if state.best_model_checkpoint:
             protected.add(os.path.basename(os.path.normpath(state.best_model_checkpoint)))
-        for info in checkpoints_to_delete(list_checkpoints(args.output_dir), self.save_total_limit, protected):
+        for info in self._deletions(checkpoints, protected):
             shutil.rmtree(info.path, ignore_errors=True)
+
+    def _deletions(self, checkpoints: list, protected: set[str]) -> list:
+        return checkpoints_to_delete(checkpoints, self.save_total_limit, protected)
 
     # --- the end ----------------------------------------------------------------------------------------------------
 

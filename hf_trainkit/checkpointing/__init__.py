@@ -4,7 +4,9 @@
 """
 
 from .discover import find_resume_checkpoint, list_checkpoints, read_training_complete
-from .marker import write_complete_marker
+from .marker import read_marker, write_complete_marker
+from .policy import best_checkpoints, default_mode, is_improvement, validate_checkpoint_name
+from .save_request import request_save
 from .rotate import checkpoints_to_delete
 from .validate import COMPLETE_MARKER, TRAINING_COMPLETE, CheckpointInfo, inspect_checkpoint
 
@@ -19,4 +21,10 @@ __all__ = [
     "list_checkpoints",
     "read_training_complete",
     "write_complete_marker",
+    "best_checkpoints",
+    "default_mode",
+    "is_improvement",
+    "read_marker",
+    "request_save",
+    "validate_checkpoint_name",
 ]

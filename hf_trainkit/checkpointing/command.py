@@ -27,7 +27,8 @@ def checkpoints_command_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     latest = sub.add_parser("latest", help="print the newest valid checkpoint of DIR (exit 1 if none)")
     latest.add_argument("output_dir", metavar="DIR")
-    listing = sub.add_parser("list", help="table of DIR's checkpoints: step, name, reason, metrics, size, validity")
+    listing = sub.add_parser("list", help="table of DIR's checkpoints: step, folder, name (pinned), reason, metrics, "
+                                          "size, validity")
     listing.add_argument("output_dir", metavar="DIR")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata")
@@ -63,14 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     infos = list_checkpoints(args.output_dir, include_strays=True, compute_size=True)
     if args.json:
-        print(json.dumps([{"step": i.step, "name": i.name, "reason": i.marker.get("reason"), "metrics": i.metrics,
+        print(json.dumps([{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"),
+                           "pinned": bool(i.marker.get("pinned")), "reason": i.marker.get("reason"), "metrics": i.metrics,
                            "size_bytes": i.size_bytes, "valid": i.valid, "why_not": i.reason or None}
                           for i in infos], indent=2, default=str))
         return 0
-    print(f"{'step':>8}  {'name':<22} {'reason':<9} {'metrics':<34} {'size':>9}  valid")
+    print(f"{'step':>8}  {'checkpoint':<22} {'name':<16} {'reason':<9} {'metrics':<34} {'size':>9}  valid")
     for info in infos:
         validity = "yes" if info.valid else f"no: {info.reason}"
-        print(f"{info.step if info.step is not None else '-':>8}  {info.name[:22]:<22} "
+        name = info.marker.get("name") or "-"
+        print(f"{info.step if info.step is not None else '-':>8}  {info.name[:22]:<22} {name[:16]:<16} "
               f"{str(info.marker.get('reason') or '-'):<9} {_metrics_text(info.metrics)[:34]:<34} "
               f"{_size(info.size_bytes):>9}  {validity}")
     return 0

@@ -31,3 +31,12 @@ def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict) -> dict
     marker = {"format": 1, "written_at": time.time(), **metadata, "files": files}
     write_json_atomically(root / COMPLETE_MARKER, marker)
     return marker
+
+
+def read_marker(checkpoint: str | os.PathLike) -> dict:
+    """The completion marker of `checkpoint`, or {} when it has none (or an unreadable one)."""
+    try:
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def _min_delta(text: str) -> tuple[float, bool]:
+    """'0.01' (absolute) or '1%' (relative): (value, relative)."""
+    relative = text.strip().endswith("%")
+    value = float(text.strip().rstrip("%"))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return (value / 100, True) if relative else (value, False)
 
 
 def _mode(text: str) -> str:
@@ -131,13 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(save, "save-total-limit", type=_positive_int, default=None, metavar="N", help="keep at most N checkpoints")
     _flag(save, "no-save-checkpoints", action="store_true", help="write no checkpoint directory during training")
     _flag(save, "resume-from-checkpoint", default=None, metavar="CKPT",
-          help="checkpoint directory to resume from (default: the newest valid checkpoint in --output-dir, "
-          "if any: re-running the same command resumes)")
+          help="checkpoint directory or checkpoint name to resume from; 'latest' resumes from the newest valid one "
+          "even after the run finished (default: the newest valid checkpoint in --output-dir, if any: re-running "
+          "the same command resumes)")
     _flag(save, "checkpoint-mirror", default=None, metavar="URL",
           help="also keep the checkpoints at this fsspec URL or path (a mounted drive, s3://..., gs://...): copied "
           "in the background, same --save-total-limit, and pulled on start when newer than the local ones")
     _flag(save, "no-resume", action="store_true",
           help="start from scratch even if --output-dir holds checkpoints or a finished run")
+
+    policy = parser.add_argument_group("checkpoint policy (which checkpoints exist)")
+    _flag(policy, "checkpoint-metric", default=None, metavar="KEY",
+          help="logged key ranking checkpoints, e.g. reward, nsr/avg_reward, eval_loss (for --save-top-k and "
+          "--save-on-improvement)")
+    _flag(policy, "checkpoint-mode", choices=("min", "max"), default=None,
+          help="min or max (default: max for rewards/accuracies/scores, else min)")
+    _flag(policy, "save-top-k", type=_positive_int, default=None, metavar="N",
+          help="keep the N best checkpoints by --checkpoint-metric, plus the newest and named ones")
+    _flag(policy, "save-on-improvement", action="store_true",
+          help="also save whenever --checkpoint-metric improves (interval saves: --save-steps)")
+    _flag(policy, "save-min-delta", type=_min_delta, default=(0.0, False), metavar="D|P%",
+          help="an improvement must exceed D (absolute) or P%% of the best value")
+    _flag(policy, "checkpoint-smoothing", type=float, default=None, metavar="W",
+          help="EMA weight in [0, 1) on the metric before comparing (default: 0.9 for training-log metrics, which "
+          "are noisy per batch; 0 for eval_* metrics)")
+    _flag(policy, "control-port", type=int, default=None, metavar="PORT",
+          help="also take control requests over HTTP on this port (0: any free port), token in OUTPUT_DIR/"
+          "control_token; `hf-trainkit control` works without it")
+    _flag(policy, "control-host", default="127.0.0.1", metavar="HOST",
+          help="interface of the control endpoint (127.0.0.1: this machine only)")
+    _flag(policy, "no-live-control", action="store_true",
+          help="do not watch OUTPUT_DIR/control for `hf-trainkit control` requests")
 
     logging_group = parser.add_argument_group("reporting")
     _flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
@@ -187,6 +221,12 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--max-steps {args.max_steps}: use a positive number of steps, or -1 for whole epochs.")
     if args.model is not None and args.dataset is None and "digit_rule" not in args.reward_func:
         raise UsageError("--model without --dataset trains on the toy task, which needs --reward-func digit_rule.")
+    if args.no_save_checkpoints:
+        clash = [flag for flag, value in (("--save-top-k", args.save_top_k), ("--save-on-improvement",
+                                          args.save_on_improvement), ("--save-total-limit", args.save_total_limit))
+                 if value]
+        if clash:
+            raise UsageError(f"--no-save-checkpoints writes no checkpoint: drop {', '.join(clash)}.")
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if global_batch % args.num_generations:
         raise UsageError(
@@ -318,9 +358,20 @@ def build_peft_config(args: argparse.Namespace):
     )
 
 
+def _as_flags(message: str) -> str:
+    """A callback's argument error, in the script's flag names."""
+    names = {"monitor": "--checkpoint-metric", "save_top_k": "--save-top-k", "save_total_limit": "--save-total-limit",
+             "save_on_improvement": "--save-on-improvement", "min_delta": "--save-min-delta",
+             "smoothing": "--checkpoint-smoothing", "mode": "--checkpoint-mode"}
+    message = message.split(": ", 1)[-1]
+    for name, flag in sorted(names.items(), key=lambda item: -len(item[0])):
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return message
+
+
 def build_callbacks(args: argparse.Namespace) -> list:
-    from ..callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, ResumableCheckpointsCallback,
-                             TrainingDiagnosticsCallback, WandbEveryNCallback)
+    from ..callbacks import (CheckpointPolicyCallback, LiveControlCallback, LossCurveCallback,
+                             MetricEarlyStoppingCallback, TrainingDiagnosticsCallback, WandbEveryNCallback)
 
     mirror = None
     if args.checkpoint_mirror and not args.no_save_checkpoints:
@@ -330,7 +381,18 @@ def build_callbacks(args: argparse.Namespace) -> list:
             mirror = CheckpointMirror(args.checkpoint_mirror, save_total_limit=args.save_total_limit)
         except (ImportError, ValueError, OSError) as error:
             raise UsageError(f"--checkpoint-mirror {args.checkpoint_mirror}: {error}") from None
-    callbacks = [ResumableCheckpointsCallback(save_total_limit=args.save_total_limit, mirror=mirror)]
+    min_delta, relative_delta = args.save_min_delta
+    try:
+        callbacks = [CheckpointPolicyCallback(
+            monitor=args.checkpoint_metric, mode=args.checkpoint_mode, save_top_k=args.save_top_k,
+            save_on_improvement=args.save_on_improvement, min_delta=min_delta, relative_delta=relative_delta,
+            smoothing=args.checkpoint_smoothing, save_total_limit=args.save_total_limit, mirror=mirror)]
+    except ValueError as error:
+        raise UsageError(_as_flags(str(error))) from None
+    if not args.no_live_control:
+        if args.control_port is not None and not 0 <= args.control_port <= 65535:
+            raise UsageError(f"--control-port {args.control_port}: use 0-65535 (0 picks a free port).")
+        callbacks.append(LiveControlCallback(port=args.control_port, host=args.control_host))
     if args.wandb_every is not None or "wandb" in args.report_to:
         callbacks.append(WandbEveryNCallback(args.wandb_every or 1, project=args.wandb_project,
                                              run_name=args.run_name, group=args.wandb_group, tags=args.wandb_tags))
@@ -354,12 +416,20 @@ def build_callbacks(args: argparse.Namespace) -> list:
 def resume_point(args: argparse.Namespace, config) -> tuple[bool, str | None]:
     """(already finished, checkpoint to resume from) for `args.output_dir`."""
     from ..checkpointing import find_resume_checkpoint, read_training_complete
+    from ..checkpointing.control import checkpoint_names
 
     if args.no_resume:
         return False, None
-    if args.resume_from_checkpoint not in (None, "latest"):
+    if args.resume_from_checkpoint == "latest":
+        return False, find_resume_checkpoint(args.output_dir)
+    if args.resume_from_checkpoint is not None:
+        named = checkpoint_names(args.output_dir).get(args.resume_from_checkpoint) \
+            if os.sep not in args.resume_from_checkpoint else None
+        if named:
+            return False, os.path.join(args.output_dir, named)
         if not os.path.isdir(args.resume_from_checkpoint):
-            raise UsageError(f"--resume-from-checkpoint {args.resume_from_checkpoint}: no such directory.")
+            raise UsageError(f"--resume-from-checkpoint {args.resume_from_checkpoint}: no such directory or "
+                             f"checkpoint name in {args.output_dir}.")
         return False, args.resume_from_checkpoint
     record = read_training_complete(args.output_dir)
     if record and record.get("max_steps") == config.max_steps and (

@@ -1,0 +1,163 @@
+"""Act on a running training: named saves on demand, graceful stop, status (files in the run dir, optional HTTP)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from ..checkpointing.control import (TOKEN_FILE, prepare_control_dir, has_requests, take_next_request,
+                                     write_response, write_status, write_token)
+from ..checkpointing.marker import read_marker
+from ..checkpointing.save_request import request_save
+from ..distributed import agree_on_max, broadcast_from_main
+
+
+logger = logging.get_logger(__name__)
+
+NOTHING, SAVE, STOP = 0, 1, 2
+STATUS_EVERY_SECONDS = 1.0
+
+
+class LiveControlCallback(TrainerCallback):
+    """Take requests while training runs: `hf-trainkit control save|stop|status RUN_DIR` or the HTTP endpoint.
+
+    - **save** (optionally with a name): a checkpoint at the next step boundary, training goes on. A named
+      checkpoint is pinned: rotation never deletes it; `hf-trainkit checkpoints list` shows its name.
+    - **stop**: save and end training after the current step (the run counts as finished, like early stopping).
+    - **status**: `RUN_DIR/control/status.json` (step, epoch, last metrics, state), refreshed at most every second.
+
+    The main process reads the request folder at each step boundary (one directory listing) and every rank learns
+    the decision through one small all-reduce (plus a broadcast of the request when there is one), so all ranks
+    save and stop at the same step. With `port` set, the main process also serves the HTTP endpoint of
+    [`~checkpointing.control_server.ControlServer`] on `host` (127.0.0.1 unless told otherwise); the token is in
+    `RUN_DIR/control_token`, readable by the user only. If the port cannot be opened, training goes on with the
+    file transport and a warning.
+
+    Args:
+        port (`int`, *optional*): HTTP port (0 picks a free one; its number is in the status file). None: files only.
+        host (`str`, *optional*, defaults to `"127.0.0.1"`): interface to listen on.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+        self.port, self.host = port, host
+        self.server = None
+        self.endpoint: dict | None = None
+        self.stopped_by_request = False
+        self._awaiting: list[dict] = []
+        self._last_status = 0.0
+        self._status: dict = {}
+
+    # --- set-up and status -------------------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        try:
+            prepare_control_dir(args.output_dir)
+        except OSError as error:
+            logger.warning(f"LiveControlCallback: cannot create {args.output_dir}/control ({error}); live control off.")
+            return
+        if self.port is not None and self.server is None:
+            self._start_server(args)
+        self._write_status(args, state, "running", force=True)
+
+    def _start_server(self, args):
+        from ..checkpointing.control_server import ControlServer
+
+        try:
+            token = write_token(args.output_dir)
+            self.server = ControlServer(args.output_dir, token, lambda: self._status, self.host, self.port).start()
+        except OSError as error:
+            logger.warning(f"LiveControlCallback: cannot serve on {self.host}:{self.port} ({error}); use "
+                           f"`hf-trainkit control ... {args.output_dir}` (request files) instead.")
+            return
+        self.endpoint = {"url": self.server.url, "token_file": str(Path(args.output_dir) / TOKEN_FILE)}
+        print(f"Live control: {self.server.url} (Authorization: Bearer $(cat {self.endpoint['token_file']}))",
+              flush=True)
+
+    def _write_status(self, args, state, run_state: str, force: bool = False):
+        now = time.monotonic()
+        if not force and now - self._last_status < STATUS_EVERY_SECONDS:
+            return
+        self._last_status = now
+        last = next((e for e in reversed(state.log_history) if "loss" in e or "reward" in e), {})
+        self._status = {
+            "state": run_state, "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+            "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+            "pid": os.getpid(), "host": socket.gethostname(), "world_size": max(getattr(args, "world_size", 1), 1),
+            "endpoint": self.endpoint,
+        }
+        try:
+            write_status(args.output_dir, self._status)
+        except OSError as error:
+            logger.warning(f"LiveControlCallback: could not write the status file ({error}).")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self._write_status(args, state, "running")
+
+    # --- requests: one decision on every rank ----------------------------------------------------------------------
+
+    def _next_request(self, args) -> dict | None:
+        try:
+            return take_next_request(args.output_dir) if has_requests(args.output_dir) else None
+        except OSError as error:  # a broken request never takes the training down
+            logger.warning(f"LiveControlCallback: could not read a request ({error}).")
+            return None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._answer_finished_saves(args, state)
+        request = self._next_request(args) if state.is_world_process_zero else None
+        code = {None: NOTHING, "save": SAVE, "stop": STOP}[request and request["action"]]
+        if agree_on_max(code) == NOTHING:
+            return
+        request = broadcast_from_main(request)
+        extra = {"stopped_by": "control request"} if request["action"] == "stop" else {}
+        request_save(control, state, "manual", name=request.get("name"), pinned=bool(request.get("name")),
+                     request_id=request["id"], **extra)
+        if request["action"] == "stop":
+            control.should_training_stop = True
+            self.stopped_by_request = True
+        if state.is_world_process_zero:
+            self._awaiting.append({**request, "step": state.global_step})
+            what = f"checkpoint {request['name']!r}" if request.get("name") else "a checkpoint"
+            then = "then stopping" if request["action"] == "stop" else "training goes on"
+            print(f"Control request {request['id']}: saving {what} at step {state.global_step}, {then}.", flush=True)
+
+    def _answer_finished_saves(self, args, state):
+        """Answer requests whose save is done (called after the save, at the next step boundary or the end)."""
+        if not self._awaiting:  # only the main process has any
+            return
+        done = [r for r in self._awaiting if r["step"] <= state.global_step]
+        for request in done:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{request['step']}"
+            marker = read_marker(checkpoint)
+            response = {"id": request["id"], "action": request["action"], "name": request.get("name"),
+                        "step": request["step"]}
+            if marker:
+                response.update(status="done", checkpoint=str(checkpoint))
+            else:
+                response.update(status="failed", error=f"{checkpoint} was not completed")
+            try:
+                write_response(args.output_dir, response)
+            except OSError as error:
+                logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
+        self._awaiting = [r for r in self._awaiting if r not in done]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._awaiting:
+            self._answer_finished_saves(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._answer_finished_saves(args, state)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if state.is_world_process_zero:
+            finished = state.global_step >= state.max_steps > 0 and not self.stopped_by_request
+            self._write_status(args, state, "finished" if finished else "stopped", force=True)
