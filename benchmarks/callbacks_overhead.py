@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Per-step cost of hf_trainkit's logging and diagnostics callbacks, measured in the same run.
+"""Per-step cost of hf_trainkit's callbacks, measured in the same run.
 
-Trains the tiny toy model (FilteredGRPOTrainer, mode psr, logging every step) with and without
-WandbEveryNCallback (W&B offline, one record every 10 steps), LossCurveCallback, TrainingDiagnosticsCallback and
-MetricEarlyStoppingCallback (patience larger than the run). A step's time is the interval between two
+Trains the tiny toy model (FilteredGRPOTrainer, mode psr, logging every step) three ways: without callbacks;
+with the logging set (WandbEveryNCallback, W&B offline, one record every 10 steps; LossCurveCallback;
+TrainingDiagnosticsCallback; MetricEarlyStoppingCallback with a patience larger than the run); and with the
+checkpoint set when nothing happens (CheckpointPolicyCallback watching `reward` for best-3 and save-on-improvement
+with a threshold never reached, LiveControlCallback reading its request folder at every step and refreshing its
+status file, no request sent). A step's time is the interval between two
 `on_step_begin` events, so it holds everything a step does (generation, update, logging, every callback's
 `on_log`); one-off costs (W&B start-up and finish, the end-of-training plot) are reported apart. Prints the median
 step time of the fastest of several interleaved repeats. Target ratio <= 1.01.
@@ -40,17 +43,20 @@ class StepClock(TrainerCallback):
         self.train_end = time.perf_counter()
 
 
-def measure(with_callbacks: bool, steps: int, warmup: int) -> tuple[float, float]:
-    from hf_trainkit.callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
-                                       WandbEveryNCallback)
+def measure(kind: str, steps: int, warmup: int) -> tuple[float, float]:
+    from hf_trainkit.callbacks import (CheckpointPolicyCallback, LiveControlCallback, LossCurveCallback,
+                                       MetricEarlyStoppingCallback, TrainingDiagnosticsCallback, WandbEveryNCallback)
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
     from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer, digit_rule_reward
 
     clock = StepClock()
     callbacks = [clock]
-    if with_callbacks:
+    if kind == "logging":
         callbacks += [WandbEveryNCallback(10, project="bench"), LossCurveCallback(), TrainingDiagnosticsCallback(),
                       MetricEarlyStoppingCallback("reward", mode="max", patience=10 * steps)]
+    elif kind == "checkpointing":
+        callbacks += [CheckpointPolicyCallback(monitor="reward", save_top_k=3, save_on_improvement=True,
+                                               min_delta=1e9), LiveControlCallback()]
     tokenizer = build_toy_tokenizer()
     with tempfile.TemporaryDirectory() as output_dir:
         args = FilteredGRPOConfig(
@@ -74,13 +80,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default: %(default)s)")
     options = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
-    results = {False: [], True: []}
+    kinds = ("none", "logging", "checkpointing")
+    results = {kind: [] for kind in kinds}
     for _ in range(options.repeats):
-        for with_callbacks in (False, True):
-            results[with_callbacks].append(measure(with_callbacks, options.steps, options.warmup))
-    off = min(step for step, _ in results[False])
-    on = min(step for step, _ in results[True])
-    one_off = min(extra for _, extra in results[True]) - min(extra for _, extra in results[False])
+        for kind in kinds:
+            results[kind].append(measure(kind, options.steps, options.warmup))
+    step = {kind: min(s for s, _ in results[kind]) for kind in kinds}
+    off, on = step["none"], step["logging"]
+    one_off = min(extra for _, extra in results["logging"]) - min(extra for _, extra in results["none"])
     print(f"# tiny model, mode psr, logging every step, {options.steps} steps x {options.repeats} repeats; "
           "median step of the fastest repeat")
     print()
@@ -88,6 +95,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     print(f"| no callbacks | {off:.4f} | 1.000 | |")
     print(f"| W&B every 10 + loss curve + diagnostics + early stopping | {on:.4f} | {on / off:.3f} | <= 1.01 |")
+    policy = step["checkpointing"]
+    print(f"| checkpoint policy (best 3, on improvement) + live control, idle | {policy:.4f} | {policy / off:.3f} "
+          "| <= 1.01 |")
     print()
     print(f"one-off cost outside the steps (W&B init/finish, end-of-training plots): {one_off:.1f} s")
     return 0

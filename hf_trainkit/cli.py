@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # handles --help, --version and unknown commands (exit 2)
+        parser.parse_args(argv)  # handles --help, --version and unknown commands (exit 2)
         parser.print_help(sys.stderr)
         return 1
     return COMMANDS[argv[0]][1](argv[1:])

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from .. import diagnostics as dx
+from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
 
 
-class TrainingDiagnosticsCallback(TrainerCallback, ExportableState):
+class TrainingDiagnosticsCallback(StatefulCallback):
     """Detect and print, once per episode, what goes wrong during training, each with what to try.
 
     - non-finite `loss` or `grad_norm`;

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
+
+from .stateful import StatefulCallback
 
 from ..checkpointing.save_request import request_save, saving_enabled
 from ..diagnostics import ema_step, improvement
@@ -44,7 +44,7 @@ class StoppingCheck:
     reason: str = ""
 
 
-class MetricEarlyStoppingCallback(TrainerCallback, ExportableState):
+class MetricEarlyStoppingCallback(StatefulCallback):
     """Stop training when a logged metric stops improving, diverges, or reaches a target; a final checkpoint is
     saved (when saving is on).
 

@@ -6,9 +6,9 @@ import math
 import os
 import uuid
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
+
+from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
@@ -56,7 +56,7 @@ def aggregate_window(window: dict[str, list[float]]) -> dict[str, float]:
     return record
 
 
-class WandbEveryNCallback(TrainerCallback, ExportableState):
+class WandbEveryNCallback(StatefulCallback):
     """Log to W&B once every `every_n_steps` optimizer steps, with the mean of the logs since the last record.
 
     The console and `trainer_state.json` keep every logged step; W&B receives one record per window (mean of the

@@ -242,3 +242,16 @@ def test_bad_callback_arguments():
         MetricEarlyStoppingCallback("loss", patience=0)
     with pytest.raises(ValueError, match="smoothing=1.0 must be in"):
         TrainingDiagnosticsCallback(smoothing=1.0)
+
+
+def test_resume_with_a_stateful_callback_the_checkpoint_did_not_have(make_trainer):
+    """transformers raises KeyError at the first save after such a resume; our stateful callbacks register."""
+    first = make_trainer("psr", max_steps=2, save_strategy="steps", save_steps=2)
+    first.train()
+    checkpoint = f"{first.args.output_dir}/checkpoint-2"
+    second = make_trainer("psr", max_steps=4, save_strategy="steps", save_steps=2,
+                          callbacks=[TrainingDiagnosticsCallback(), MetricEarlyStoppingCallback("reward", "max",
+                                                                                                patience=50)])
+    second.train(resume_from_checkpoint=checkpoint)
+    saved = json.loads(open(f"{first.args.output_dir}/checkpoint-4/trainer_state.json").read())
+    assert {"TrainingDiagnosticsCallback", "MetricEarlyStoppingCallback"} <= set(saved["stateful_callbacks"])

@@ -66,3 +66,38 @@ def test_sigterm_to_the_launcher_saves_once_on_every_rank_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert f"Resuming from {saved[0].path}" in again.stdout
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == saved[0].step + 3
+
+
+def test_control_request_and_policy_reach_every_rank_at_the_same_step(tmp_path):
+    out = tmp_path / "ddp-control"
+    command, env = launch(29604, "--output-dir", out, "--max-steps", 3000, "--save-steps", 1000, "--quiet",
+                          "--checkpoint-metric", "reward", "--save-top-k", 1)
+    with open(tmp_path / "log.txt", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 180
+            while not (out / "control" / "status.json").exists() and time.time() < deadline:
+                assert process.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+                time.sleep(0.2)
+            cli = [sys.executable, "-m", "hf_trainkit.cli", "control"]
+            saved = subprocess.run([*cli, "save", str(out), "--name", "both-ranks"], capture_output=True, text=True,
+                                   env=env, timeout=120)
+            assert saved.returncode == 0, saved.stderr
+            stopped = subprocess.run([*cli, "stop", str(out)], capture_output=True, text=True, env=env, timeout=120)
+            assert stopped.returncode == 0, stopped.stderr
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    infos = list_checkpoints(out)
+    named = [i for i in infos if i.marker.get("name") == "both-ranks"]
+    assert len(named) == 1 and named[0].valid and named[0].marker["world_size"] == 2
+    final = infos[-1]
+    assert final.marker["stopped_by"] == "control request"
+    for checkpoint in (named[0], final):
+        # Each rank writes its RNG state into the folder of the step *it* saved at: both files in one folder
+        # means both ranks saved at that step.
+        assert {p.name for p in checkpoint.path.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == final.step
+    assert "world size 2" in (tmp_path / "log.txt").read_text()

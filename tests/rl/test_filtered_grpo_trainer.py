@@ -4,7 +4,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer, compute_mode_advantages
+from hf_trainkit.rl import FilteredGRPOConfig, compute_mode_advantages
 
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
