@@ -51,3 +51,50 @@ def broadcast_float(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=_device(dist))
     dist.broadcast(tensor, src=0)
     return float(tensor.item())
+
+
+def launched_world_size() -> int:
+    """The process count a launcher (accelerate, torchrun, deepspeed) announced, before anything is initialised."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def cpu_only_launch() -> str | None:
+    """'deepspeed' or 'ddp' when several processes were launched on a host without a GPU, else None."""
+    import os
+
+    import torch
+
+    if launched_world_size() <= 1 or torch.cuda.is_available():
+        return None
+    return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
+
+
+def adjust_for_cpu_launch(training_args) -> str | None:
+    """Make `TrainingArguments` (before their `__post_init__`) form one process group on a CPU-only host.
+
+    - DDP (`accelerate launch --multi_gpu` on a host without a GPU): without `use_cpu` every process would train
+      alone (world size 1, same output dir) and exit 0; with it, they form one group over gloo.
+    - DeepSpeed: accelerate's state would come up with no backend and world size 1 while DeepSpeed has a 2-rank
+      group (`train_batch_size is not equal to ... 2 != 2 * 1 * 2`). Creating `PartialState(backend="gloo")` first
+      and telling the Trainer to use it (`accelerator_config.use_configured_state`) makes both agree; `use_cpu`
+      alone is not reliable under ZeRO-3. (Measured: ../shared/notes/deepspeed-on-cpu.md.)
+
+    Returns which adjustment was applied (None on a GPU host or in a single process: nothing changes).
+    """
+    kind = cpu_only_launch()
+    if kind == "ddp":
+        training_args.use_cpu = True
+    elif kind == "deepspeed":
+        from accelerate import PartialState
+
+        PartialState(backend="gloo")
+        config = training_args.accelerator_config
+        if config is None:
+            training_args.accelerator_config = {"use_configured_state": True}
+        elif isinstance(config, dict):
+            config["use_configured_state"] = True
+        else:
+            config.use_configured_state = True
+    return kind

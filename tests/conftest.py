@@ -10,6 +10,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+FULL = os.environ.get("HF_TRAINKIT_FULL_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL:
+        return
+    skip = pytest.mark.skip(reason="slow: set HF_TRAINKIT_FULL_TESTS=1 (CI does) to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long the multi-process DeepSpeed tests took (the first one includes building DeepSpeed's ops once)."""
+    rows = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+            if r.when == "call" and "deepspeed" in r.keywords]
+    if rows:
+        terminalreporter.write_sep("-", f"DeepSpeed multi-process tests: {sum(r.duration for r in rows):.0f} s")
+        for report in rows:
+            terminalreporter.write_line(f"{report.duration:7.1f} s  {report.nodeid}")
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer():
     from hf_trainkit.toy import build_toy_tokenizer

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..distributed import adjust_for_cpu_launch
 from .advantages import MODES, canonical_mode
 
 
@@ -75,6 +76,8 @@ class FilteredGRPOConfig(GRPOConfig):
 
             # TRL turns bf16 on by default, which fails at once on a machine without a bf16 GPU (a CPU-only host).
             self.bf16 = bool(is_torch_bf16_gpu_available())
+        # Several processes on a host without a GPU (tests, CPU-only users): see adjust_for_cpu_launch.
+        adjust_for_cpu_launch(self)
         super().__post_init__()
         self.mode = canonical_mode(self.mode)
         name = type(self).__name__

@@ -271,13 +271,6 @@ def load_train_dataset(args: argparse.Namespace):
     return dataset
 
 
-def _cpu_only_distributed() -> bool:
-    import torch
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() \
-        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true"
-
-
 def build_config(args: argparse.Namespace):
     from .filtered_grpo_config import FilteredGRPOConfig
 
@@ -289,10 +282,6 @@ def build_config(args: argparse.Namespace):
     else:
         # The limit is applied by ResumableCheckpointsCallback (by step, valid checkpoints only), not the Trainer.
         extra.update(save_strategy="steps", save_steps=args.save_steps)
-    if _cpu_only_distributed():
-        # accelerate launch --multi_gpu on a host without a GPU: without use_cpu every process would train alone
-        # (world size 1, same output dir); with it, the processes form one DDP group over gloo.
-        extra["use_cpu"] = True
     return FilteredGRPOConfig(
         output_dir=args.output_dir,
         mode=args.mode,
@@ -503,8 +492,6 @@ def run(args: argparse.Namespace):
         return None
     if checkpoint:
         print(f"Resuming from {checkpoint}")
-    if config.process_index == 0 and config.world_size > 1:
-        print(f"world size {config.world_size}, distributed type {config.distributed_state.distributed_type}")
     dataset = load_train_dataset(args)
     # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
     model, tokenizer = build_model_and_tokenizer(args)
@@ -517,11 +504,30 @@ def run(args: argparse.Namespace):
         peft_config=build_peft_config(args),
         callbacks=callbacks,
     )
+    if config.process_index == 0 and (config.world_size > 1 or trainer.is_deepspeed_enabled):
+        print(describe_launch(trainer), flush=True)
+    if checkpoint and trainer.is_deepspeed_enabled:
+        from ..checkpointing.universal import prepare_deepspeed_resume
+
+        try:
+            prepare_deepspeed_resume(trainer, checkpoint)
+        except RuntimeError as error:
+            raise UsageError(str(error)) from None
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     if trainer.args.should_save:
         print(f"Run written to {args.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries).")
     return trainer
+
+
+def describe_launch(trainer) -> str:
+    """'world size N, distributed type ..., ZeRO stage S' as the Trainer's accelerator set it up."""
+    state = trainer.accelerator.state
+    text = f"world size {state.num_processes}, distributed type {state.distributed_type}"
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if plugin is not None:
+        text += f", ZeRO stage {plugin.zero_stage}"
+    return text
 
 
 def was_preempted(trainer) -> bool:

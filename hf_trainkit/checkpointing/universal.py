@@ -1,0 +1,84 @@
+"""Resuming a DeepSpeed ZeRO checkpoint with another process count, through DeepSpeed's universal checkpoint.
+
+A ZeRO checkpoint holds one optimizer shard per data-parallel rank; DeepSpeed refuses to load it with another
+world size (`ZeRORuntimeException: The checkpoint being loaded used a DP world size of 2 but the current world size
+is 1`). DeepSpeed's own converter (`python -m deepspeed.checkpoint.ds_to_universal`) rewrites it rank-agnostic, and
+`"checkpoint": {"load_universal": true}` in the DeepSpeed config loads that. This module does both, automatically.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+
+def deepspeed_tag(checkpoint: str | Path) -> str | None:
+    """The DeepSpeed tag (`global_stepN`) a checkpoint's `latest` names, or None (not a DeepSpeed checkpoint)."""
+    latest = Path(checkpoint) / "latest"
+    try:
+        return latest.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def saved_world_size(checkpoint: str | Path) -> int | None:
+    """Data-parallel world size a DeepSpeed checkpoint was written with (one optimizer shard per rank)."""
+    tag = deepspeed_tag(checkpoint)
+    if tag is None:
+        return None
+    shards = list((Path(checkpoint) / tag).glob("*zero_pp_rank_*_optim_states.pt"))
+    return len(shards) or None
+
+
+def conversion_command(checkpoint: str | Path) -> list[str]:
+    tag = deepspeed_tag(checkpoint)
+    folder = Path(checkpoint)
+    return [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder / tag),
+            "--output_folder", str(folder / f"{tag}_universal")]
+
+
+def convert_to_universal(checkpoint: str | Path) -> Path:
+    """Convert (once: an existing conversion is reused) and return the universal folder.
+
+    Raises RuntimeError naming the command to run by hand when the conversion fails.
+    """
+    checkpoint = Path(checkpoint)
+    tag = deepspeed_tag(checkpoint)
+    output = checkpoint / f"{tag}_universal"
+    if (checkpoint / "latest_universal").is_file() and output.is_dir():
+        return output
+    command = conversion_command(checkpoint)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not (checkpoint / "latest_universal").is_file():
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{checkpoint}: converting to a DeepSpeed universal checkpoint failed ({last}); run "
+                           f"`{' '.join(command)}` and resume with \"checkpoint\": {{\"load_universal\": true}} in "
+                           "the DeepSpeed config.")
+    return output
+
+
+def prepare_deepspeed_resume(trainer, checkpoint: str | Path) -> bool:
+    """Before `trainer.train(resume_from_checkpoint=checkpoint)`: if the DeepSpeed checkpoint was written with
+    another process count, convert it to a universal checkpoint (main process; the others wait) and make DeepSpeed
+    load that. Returns whether it did. For any `Trainer` running under DeepSpeed."""
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return False
+    saved = saved_world_size(checkpoint)
+    now = trainer.args.world_size
+    if saved is None or saved == now:
+        return False
+    args = trainer.args
+    with args.main_process_first(local=False, desc="universal checkpoint conversion"):
+        if args.process_index == 0:
+            print(f"{checkpoint} was written by {saved} processes, resuming with {now}: converting it to DeepSpeed's "
+                  f"universal checkpoint ({' '.join(conversion_command(checkpoint)[1:])}).", flush=True)
+            convert_to_universal(checkpoint)
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    plugin.deepspeed_config.setdefault("checkpoint", {})["load_universal"] = True
+    return True
