@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..checkpointing.control import (TOKEN_FILE, prepare_control_dir, has_requests, take_next_request,
-                                     write_response, write_status, write_token)
+from ..checkpointing.control import (TOKEN_FILE, has_requests, prepare_control_dir, reject_pending,
+                                     take_next_request, write_response, write_status, write_token)
 from ..checkpointing.marker import read_marker
 from ..checkpointing.save_request import request_save
 from ..distributed import agree_on_max, broadcast_from_main
@@ -59,6 +59,9 @@ class LiveControlCallback(TrainerCallback):
             return
         try:
             prepare_control_dir(args.output_dir)
+            stale = reject_pending(args.output_dir, "sent before this training started (to a run that is gone)")
+            if stale:
+                logger.warning(f"LiveControlCallback: rejected {stale} request(s) left from an earlier run.")
         except OSError as error:
             logger.warning(f"LiveControlCallback: cannot create {args.output_dir}/control ({error}); live control off.")
             return

@@ -120,6 +120,18 @@ def take_next_request(run_dir: str | os.PathLike) -> dict | None:
     return None
 
 
+def reject_pending(run_dir: str | os.PathLike, why: str) -> int:
+    """Answer every queued request as rejected (a new training starts: they were meant for an earlier one)."""
+    count = 0
+    while True:
+        request = take_next_request(run_dir)
+        if request is None:
+            return count
+        write_response(run_dir, {"id": request["id"], "action": request.get("action"), "status": "rejected",
+                                 "error": why})
+        count += 1
+
+
 def write_response(run_dir: str | os.PathLike, response: dict):
     _responses_dir(run_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomically(_responses_dir(run_dir) / f"{response['id']}.json", {**response, "answered_at": time.time()})

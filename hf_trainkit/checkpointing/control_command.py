@@ -60,6 +60,23 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         print(f"  {c['checkpoint']:<20} {label}{c['reason'] or '-'} {metrics} ({validity})")
 
 
+def _gone(status: dict) -> bool:
+    """True when the status names a process of this machine that no longer exists (killed, crashed)."""
+    import os
+    import socket
+
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False  # another machine (shared filesystem): cannot tell, the request waits for it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = control_command_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -79,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if status.get("state") != "running":
         return _fail(f"{run_dir}: the training is {status.get('state')} (step {status.get('step')}); nothing "
                      "would apply the request.", 1)
+    if _gone(status):
+        return _fail(f"{run_dir}: the training (pid {status.get('pid')} on this machine) is no longer running; "
+                     "nothing would apply the request.", 1)
     try:
         request_id = submit_request(run_dir, args.action, getattr(args, "name", None))
     except ControlError as error:

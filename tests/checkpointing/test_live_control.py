@@ -149,3 +149,19 @@ def test_control_commands_without_a_training(tmp_path):
     empty = control("save", tmp_path)
     assert empty.returncode == 1 and "no training with live control" in empty.stderr
     assert control("status", tmp_path).returncode == 1
+
+
+def test_control_of_a_killed_training_says_it_is_gone(tmp_path):
+    """A run killed with -9 leaves its status at 'running': the command sees the process is gone."""
+    out = tmp_path / "killed"
+    command = [sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(out), "--max-steps", "5000",
+               "--save-steps", "100000", "--quiet", "--no-loss-curve"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        wait_for_status(out, process)
+    finally:
+        process.kill()
+        process.wait()
+    result = control("save", out, "--name", "late")
+    assert result.returncode == 1 and "no longer running" in result.stderr
+    assert not list((out / "control" / "requests").glob("*.json"))  # nothing left queued for a later run
