@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import TrainerCallback
 from transformers.utils import logging
 
 
@@ -81,4 +82,57 @@ def prepare_deepspeed_resume(trainer, checkpoint: str | Path) -> bool:
             convert_to_universal(checkpoint)
     plugin = trainer.accelerator.state.deepspeed_plugin
     plugin.deepspeed_config.setdefault("checkpoint", {})["load_universal"] = True
+    trainer.add_callback(UnshareOptimizerStepCounts())
     return True
+
+
+def _torch_optimizer(optimizer):
+    """The torch optimizer inside accelerate's and DeepSpeed's wrappers (the one that holds `state`)."""
+    seen = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        if isinstance(getattr(optimizer, "state", None), dict) and hasattr(optimizer, "param_groups"):
+            inner = getattr(optimizer, "optimizer", None)
+            if inner is None or not isinstance(getattr(inner, "state", None), dict):
+                return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+def unshare_step_counts(optimizer) -> int:
+    """Give every parameter state its own `step` tensor; returns how many were shared.
+
+    DeepSpeed's ZeRO-3 universal loader (`load_hp_checkpoint_state_from_checkpoint_dir_stage3`, deepspeed 0.19)
+    assigns one and the same `step` tensor to the state of every parameter sub-group. torch's Adam/AdamW increment
+    `step` in place once per state, so with k sub-groups the shared counter advances k times per optimizer step and
+    Adam's bias correction goes wrong from the first step after the resume: the run drifts from the uninterrupted
+    one (measured here: grad norms 9% off six steps after a 2->1 resume). Copying the tensors restores exactness.
+    """
+    import torch
+
+    torch_optimizer = _torch_optimizer(optimizer)
+    if torch_optimizer is None:
+        return 0
+    seen, shared = set(), 0
+    for state in torch_optimizer.state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            if id(step) in seen:
+                state["step"] = step.clone()
+                shared += 1
+            seen.add(id(step))
+    return shared
+
+
+class UnshareOptimizerStepCounts(TrainerCallback):
+    """Applies [`unshare_step_counts`] once, before the first step after a universal-checkpoint load."""
+
+    def __init__(self):
+        self.done = False
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if not self.done:
+            self.done = True
+            shared = unshare_step_counts(optimizer)
+            if shared:
+                logger.info(f"Gave {shared} optimizer states their own step counter (DeepSpeed universal load).")

@@ -321,3 +321,38 @@ def test_mirror_survives_the_loss_of_the_machine(tmp_path):
     final = sorted(p.name for p in mirror.glob("checkpoint-*"))
     # The limit applies there too; a newer incomplete folder may be a copy in progress, so it stays.
     assert final == ["checkpoint-56", "checkpoint-60", "checkpoint-999"]
+
+
+def test_shared_optimizer_step_counts_are_unshared():
+    """DeepSpeed's ZeRO-3 universal loader gives every parameter state one shared `step` tensor, which torch's
+    AdamW then advances once per state. Checked on a real torch AdamW against one that never shared its counter."""
+    import torch
+
+    from hf_trainkit.checkpointing.universal import unshare_step_counts
+
+    def adam_after_resume(share: bool, fix: bool):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
+        optimizer = torch.optim.AdamW(params, lr=0.1)
+        for _ in range(2):
+            sum((p**2).sum() for p in params).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        if share:  # what the universal loader leaves behind
+            common = torch.tensor(2.0)
+            for state in optimizer.state.values():
+                state["step"] = common
+        if fix:
+            assert unshare_step_counts(optimizer) == (2 if share else 0)
+        for _ in range(3):
+            sum((p**2).sum() for p in params).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return [p.detach().clone() for p in params], [float(s["step"]) for s in optimizer.state.values()]
+
+    expected, steps = adam_after_resume(share=False, fix=False)
+    broken, broken_steps = adam_after_resume(share=True, fix=False)
+    fixed, fixed_steps = adam_after_resume(share=True, fix=True)
+    assert steps == fixed_steps == [5.0, 5.0, 5.0] and broken_steps[0] == 11.0  # 2 + 3 steps x 3 states
+    assert not all(torch.equal(a, b) for a, b in zip(expected, broken))
+    assert all(torch.equal(a, b) for a, b in zip(expected, fixed))

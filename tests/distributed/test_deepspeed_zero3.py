@@ -59,21 +59,16 @@ def curves(output_dir):
     return [(h["step"], h["loss"], h["reward"], h["grad_norm"]) for h in history if "reward" in h]
 
 
-def assert_same_curves(got, expected, first_step=1, grad_norm_rel: float | None = 1e-4):
-    """Same steps, rewards, losses; grad norms within `grad_norm_rel` (ZeRO-3 reduces in another order than DDP).
-
-    After a universal-checkpoint resume the grad norm of the first step equals DDP's to 1e-4, later ones drift
-    (measured: 7e-5 at the 2nd step after the resume, ~9% by the 6th) while rewards and losses stay equal: those
-    steps are compared with `grad_norm_rel=None`. Reported in the closing note, not fixed.
-    """
+def assert_same_curves(got, expected, first_step=1, grad_norm_rel=1e-4):
+    """Same steps, rewards, losses; grad norms within `grad_norm_rel` (ZeRO-3 reduces in another order than DDP:
+    equal to about 1e-6). Without `unshare_step_counts` a universal-checkpoint resume drifts by ~9% in six steps."""
     got = [c for c in got if c[0] >= first_step]
     expected = [c for c in expected if c[0] >= first_step]
     assert [c[0] for c in got] == [c[0] for c in expected]
     for (_, loss, reward, norm), (_, loss_e, reward_e, norm_e) in zip(got, expected):
         assert reward == reward_e  # the same samples were drawn and scored
         assert loss == pytest.approx(loss_e, rel=1e-5, abs=1e-7)
-        if grad_norm_rel is not None:
-            assert norm == pytest.approx(norm_e, rel=grad_norm_rel)
+        assert norm == pytest.approx(norm_e, rel=grad_norm_rel)
 
 
 def descendants(pid: int) -> list[int]:
@@ -219,8 +214,7 @@ def test_two_to_one_process_through_a_universal_checkpoint(tmp_path, zero3_refer
     run(ddp(2, "--mode", "w-reinforce", "--output-dir", ddp_run, "--max-steps", 10, "--save-steps", 2))
     ddp_resumed = keep_only(ddp_run, tmp_path / "ddp-2to1", 2)
     run(ddp(1, "--mode", "w-reinforce", "--output-dir", ddp_resumed, "--max-steps", 10, "--save-steps", 100))
-    assert_same_curves(curves(resumed), curves(ddp_resumed), grad_norm_rel=None)
-    assert_same_curves(curves(resumed)[:3], curves(ddp_resumed)[:3])  # up to the first step after the resume
+    assert_same_curves(curves(resumed), curves(ddp_resumed))
     assert curves(resumed)[:2] == curves(zero3_reference)[:2]
 
 
@@ -235,5 +229,4 @@ def test_one_to_two_processes_through_a_universal_checkpoint(tmp_path):
     run(ddp(1, "--mode", "w-reinforce", "--output-dir", plain, "--max-steps", 10, "--save-steps", 2))
     plain_resumed = keep_only(plain, tmp_path / "ddp-1to2", 2)
     run(ddp(2, "--mode", "w-reinforce", "--output-dir", plain_resumed, "--max-steps", 10, "--save-steps", 100))
-    assert_same_curves(curves(resumed), curves(plain_resumed), grad_norm_rel=None)
-    assert_same_curves(curves(resumed)[:3], curves(plain_resumed)[:3])
+    assert_same_curves(curves(resumed), curves(plain_resumed))
