@@ -211,6 +211,39 @@ def test_kill_9_at_random_moments_then_rerun_is_bit_exact(tmp_path):
     assert curves(out) == curves(reference)
 
 
+def test_kill_9_of_a_plain_trainer_then_rerun_is_bit_exact(tmp_path):
+    """The same for a plain transformers `Trainer` (causal LM) with `CheckpointPolicyCallback`."""
+    script = ROOT / "tests" / "plain_trainer.py"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+
+    def command(out):
+        return [sys.executable, str(script), str(out), "--max-steps", "40", "--save-steps", "1"]
+
+    def losses(out):
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        return [(h["step"], h["loss"], h["grad_norm"]) for h in history if "loss" in h]
+
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference), check=True, capture_output=True, env=env, timeout=300)
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        newest = find_resume_checkpoint(out, warn=False)
+        deadline = time.time() + 120
+        while process.poll() is None and time.time() < deadline and find_resume_checkpoint(out, warn=False) == newest:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    subprocess.run(command(out), check=True, capture_output=True, env=env, timeout=300)
+    assert kills >= 2
+    assert losses(out) == losses(reference)
+
+
 def start_and_wait_for_step(command, step: int, env):
     """Start training and return once it printed the console line of `step` (so it is mid-training)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
