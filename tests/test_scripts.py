@@ -86,6 +86,16 @@ def test_lora_flag(tmp_path):
         (["--mode", "psr", "--max-steps", "0"], "--max-steps 0: use a positive number of steps"),
         (["--mode", "psr", "--max-steps", "2", "--early-stopping-metric", "rewrd"],
          "'rewrd' was never logged (logged: "),
+        (["--save-top-k", "2"], "--save-top-k and --save-on-improvement need a --checkpoint-metric"),
+        (["--checkpoint-metric", "reward", "--save-top-k", "2", "--save-total-limit", "3"],
+         "give --save-top-k or --save-total-limit, not both"),
+        (["--no-save-checkpoints", "--checkpoint-metric", "reward", "--save-top-k", "2"],
+         "--no-save-checkpoints writes no checkpoint: drop --save-top-k"),
+        (["--checkpoint-metric", "reward", "--save-on-improvement", "--save-min-delta=-3%"],
+         "argument --save-min-delta/--save_min_delta: must be >= 0"),
+        (["--control-port", "70000"], "--control-port 70000: use 0-65535"),
+        (["--max-steps", "2", "--checkpoint-metric", "rewrd", "--save-top-k", "1"], "'rewrd' was never logged"),
+        (["--resume-from-checkpoint", "no-such-name"], "--resume-from-checkpoint no-such-name: no such directory"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message):

@@ -128,6 +128,12 @@ class LiveControlCallback(TrainerCallback):
             self.stopped_by_request = True
         if state.is_world_process_zero:
             self._awaiting.append({**request, "step": state.global_step})
+            try:  # taken off the queue: say so until the save is done (GET /requests/<id> never loses it)
+                write_response(args.output_dir, {"id": request["id"], "action": request["action"],
+                                                 "name": request.get("name"), "step": state.global_step,
+                                                 "status": "saving"})
+            except OSError as error:
+                logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
             what = f"checkpoint {request['name']!r}" if request.get("name") else "a checkpoint"
             then = "then stopping" if request["action"] == "stop" else "training goes on"
             print(f"Control request {request['id']}: saving {what} at step {state.global_step}, {then}.", flush=True)

@@ -104,18 +104,23 @@ def take_next_request(run_dir: str | os.PathLike) -> dict | None:
         path = folder / file_name
         try:
             request = json.loads(path.read_text())
-            path.unlink()
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
             continue
         if not isinstance(request, dict):
+            path.unlink(missing_ok=True)
             continue
         request_id = str(request.get("id") or file_name)
+        # The answer is written before the request file goes, so a client polling for it never finds neither.
         try:
             check_request(run_dir, request.get("action"), request.get("name"))
         except ControlError as error:
             write_response(run_dir, {"id": request_id, "status": "rejected", "error": str(error)})
+            path.unlink(missing_ok=True)
             continue
+        write_response(run_dir, {"id": request_id, "action": request.get("action"), "name": request.get("name"),
+                                 "status": "accepted"})
+        path.unlink(missing_ok=True)
         return {**request, "id": request_id}
     return None
 

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         response = read_response(run_dir, request_id)
-        if response is not None:
+        if response is not None and response.get("status") not in ("accepted", "saving"):
             if response.get("status") == "done":
                 label = f" as {response['name']!r}" if response.get("name") else ""
                 print(f"Saved {response['checkpoint']} at step {response['step']}{label}.")

@@ -2,7 +2,7 @@
 
     GET  /status              step, epoch, last metrics, state
     GET  /checkpoints         the run's checkpoints (name, reason, metrics, validity)
-    GET  /requests/<id>       what became of a request
+    GET  /requests/<id>       what became of a request: queued, accepted, saving (at a step), done, rejected
     POST /save_checkpoint     {"name": "..."} (optional): 202 with the request id
     POST /stop                save and stop after the current step: 202
 

@@ -105,6 +105,7 @@ def test_file_and_http_control_of_a_running_training(training):
     deadline = time.time() + 60
     while time.time() < deadline:
         code, answer = http(f"{url}/requests/{queued['id']}", token=token)
+        assert code == 200, answer  # queued, accepted, saving or done: never lost in between
         if answer["status"] == "done":
             break
         time.sleep(0.1)
