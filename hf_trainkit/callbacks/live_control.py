@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..checkpointing.control import (TOKEN_FILE, has_requests, prepare_control_dir, reject_pending,
+from ..checkpointing.control import (TOKEN_FILE, RequestWatcher, prepare_control_dir, reject_pending,
                                      take_next_request, write_response, write_status, write_token)
 from ..checkpointing.marker import read_marker
 from ..checkpointing.save_request import request_save
@@ -31,7 +31,7 @@ class LiveControlCallback(TrainerCallback):
     - **stop**: save and end training after the current step (the run counts as finished, like early stopping).
     - **status**: `RUN_DIR/control/status.json` (step, epoch, last metrics, state), refreshed at most every second.
 
-    The main process reads the request folder at each step boundary (one directory listing) and every rank learns
+    The main process checks the request folder at each step boundary (one `stat`) and every rank learns
     the decision through one small all-reduce (plus a broadcast of the request when there is one), so all ranks
     save and stop at the same step. With `port` set, the main process also serves the HTTP endpoint of
     [`~checkpointing.control_server.ControlServer`] on `host` (127.0.0.1 unless told otherwise); the token is in
@@ -51,6 +51,7 @@ class LiveControlCallback(TrainerCallback):
         self._awaiting: list[dict] = []
         self._last_status = 0.0
         self._status: dict = {}
+        self._watcher = None
 
     # --- set-up and status -------------------------------------------------------------------------------------------
 
@@ -107,8 +108,10 @@ class LiveControlCallback(TrainerCallback):
     # --- requests: one decision on every rank ----------------------------------------------------------------------
 
     def _next_request(self, args) -> dict | None:
+        if self._watcher is None:
+            self._watcher = RequestWatcher(args.output_dir)
         try:
-            return take_next_request(args.output_dir) if has_requests(args.output_dir) else None
+            return take_next_request(args.output_dir) if self._watcher.pending() else None
         except OSError as error:  # a broken request never takes the training down
             logger.warning(f"LiveControlCallback: could not read a request ({error}).")
             return None

@@ -6,7 +6,7 @@
     RUN_DIR/control/status.json                  step, epoch, last metrics, state, endpoint (written by training)
     RUN_DIR/control_token                        bearer token of the HTTP endpoint, mode 0600
 
-The training side only lists `requests/` at each step boundary (one directory read on the main process).
+The training side checks `requests/` at each step boundary on the main process (one `stat`, see RequestWatcher).
 """
 
 from __future__ import annotations
@@ -85,12 +85,38 @@ def submit_request(run_dir: str | os.PathLike, action: str, name: str | None = N
 
 
 def has_requests(run_dir: str | os.PathLike) -> bool:
-    """Cheap check (one directory read) done at every step boundary."""
+    """Whether `requests/` holds a request (one directory read)."""
     try:
         with os.scandir(_requests_dir(run_dir)) as entries:
             return any(entry.name.endswith(".json") and not entry.name.startswith(".") for entry in entries)
     except OSError:
         return False
+
+
+class RequestWatcher:
+    """The check done at every step boundary: one `stat` of `requests/` while its mtime stays the same (creating a
+    request file changes it), a directory read when it changed, and one anyway every `full_scan_seconds` (a
+    filesystem with coarse or cached mtimes, e.g. NFS, still gets its requests applied, a little later)."""
+
+    def __init__(self, run_dir: str | os.PathLike, full_scan_seconds: float = 2.0):
+        self.folder = _requests_dir(run_dir)
+        self.run_dir = run_dir
+        self.full_scan_seconds = full_scan_seconds
+        self._mtime: int | None = None
+        self._last_scan = 0.0
+
+    def pending(self) -> bool:
+        now = time.monotonic()
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self._mtime and now - self._last_scan < self.full_scan_seconds:
+            return False
+        found = has_requests(self.run_dir)
+        # Remember the mtime only when the folder was empty: with requests left, look again next step.
+        self._mtime, self._last_scan = (None if found else mtime), now
+        return found
 
 
 def take_next_request(run_dir: str | os.PathLike) -> dict | None:
@@ -158,7 +184,8 @@ def is_queued(run_dir: str | os.PathLike, request_id: str) -> bool:
 
 def write_status(run_dir: str | os.PathLike, status: dict):
     control_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(control_dir(run_dir) / "status.json", {**status, "updated_at": time.time()})
+    write_json_atomically(control_dir(run_dir) / "status.json", {**status, "updated_at": time.time()},
+                          durable=False)
 
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:

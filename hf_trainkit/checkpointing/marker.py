@@ -10,13 +10,17 @@ from pathlib import Path
 from .validate import COMPLETE_MARKER
 
 
-def write_json_atomically(path: Path, data: dict):
-    """Write to a temporary file and rename it over `path`: a reader sees the old file or the new one, never half."""
+def write_json_atomically(path: Path, data: dict, durable: bool = True):
+    """Write to a temporary file and rename it over `path`: a reader sees the old file or the new one, never half.
+
+    `durable=False` skips the fsync, for files rewritten often whose loss in a power cut costs nothing (a status).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as handle:
         json.dump(data, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
