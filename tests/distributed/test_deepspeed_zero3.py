@@ -115,8 +115,10 @@ MODES_AND_LORA = [pytest.param("psr", False, id="psr")] + [
 @pytest.mark.parametrize("mode,lora", MODES_AND_LORA)
 def test_zero3_two_processes(tmp_path, mode, lora):
     out = tmp_path / "run"
+    # W&B offline in the LoRA-off runs (its start-up costs seconds; what it checks does not depend on LoRA).
+    wandb = [] if lora else ["--wandb-every", 2]
     result = run(zero3(2, "--mode", mode, *(["--lora"] if lora else []), "--output-dir", out, "--max-steps", 4,
-                       "--save-steps", 2, "--wandb-every", 2, "--checkpoint-metric", "reward", "--save-top-k", 1,
+                       "--save-steps", 2, *wandb, "--checkpoint-metric", "reward", "--save-top-k", 1,
                        "--checkpoint-smoothing", 0))
     assert "world size 2, distributed type DistributedType.DEEPSPEED, ZeRO stage 3" in result.stdout
     # Several wrong set-ups exit 0 while running two single-process trainings: both ranks must see one group.
@@ -138,8 +140,8 @@ def test_zero3_two_processes(tmp_path, mode, lora):
     # The policy kept the best rewarded checkpoint of {2, 4} and the newest.
     rewards = {h["step"]: h["reward"] for h in steps[0]}
     assert {c.step for c in list_checkpoints(out)} == {max((2, 4), key=lambda s: (rewards[s], -s)), 4}
-    # W&B offline: one run, written by the main process only.
-    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    if not lora:  # W&B offline: one run, written by the main process only
+        assert len(list((out / "wandb").glob("offline-run-*"))) == 1
     if lora:
         assert (out / "checkpoint-4" / "adapter_model.safetensors").exists()
     print(f"2-process ZeRO-3 run ({mode}, lora={lora}): {result.seconds:.1f} s")
