@@ -117,7 +117,6 @@ class LiveControlCallback(TrainerCallback):
             return None
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._answer_finished_saves(args, state)
         request = self._next_request(args) if state.is_world_process_zero else None
         code = {None: NOTHING, "save": SAVE, "stop": STOP}[request and request["action"]]
         if agree_on_max(code) == NOTHING:
@@ -131,12 +130,8 @@ class LiveControlCallback(TrainerCallback):
             self.stopped_by_request = True
         if state.is_world_process_zero:
             self._awaiting.append({**request, "step": state.global_step})
-            try:  # taken off the queue: say so until the save is done (GET /requests/<id> never loses it)
-                write_response(args.output_dir, {"id": request["id"], "action": request["action"],
-                                                 "name": request.get("name"), "step": state.global_step,
-                                                 "status": "saving"})
-            except OSError as error:
-                logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
+            # Taken off the queue: say so until the save is done (GET /requests/<id> never loses it).
+            self._respond(args, request, state.global_step, status="saving")
             what = f"checkpoint {request['name']!r}" if request.get("name") else "a checkpoint"
             then = "then stopping" if request["action"] == "stop" else "training goes on"
             print(f"Control request {request['id']}: saving {what} at step {state.global_step}, {then}.", flush=True)
@@ -148,22 +143,22 @@ class LiveControlCallback(TrainerCallback):
         done = [r for r in self._awaiting if r["step"] <= state.global_step]
         for request in done:
             checkpoint = Path(args.output_dir) / f"checkpoint-{request['step']}"
-            marker = read_marker(checkpoint)
-            response = {"id": request["id"], "action": request["action"], "name": request.get("name"),
-                        "step": request["step"]}
-            if marker:
-                response.update(status="done", checkpoint=str(checkpoint))
+            if read_marker(checkpoint):
+                self._respond(args, request, request["step"], status="done", checkpoint=str(checkpoint))
             else:
-                response.update(status="failed", error=f"{checkpoint} was not completed")
-            try:
-                write_response(args.output_dir, response)
-            except OSError as error:
-                logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
+                self._respond(args, request, request["step"], status="failed",
+                              error=f"{checkpoint} was not completed")
         self._awaiting = [r for r in self._awaiting if r not in done]
 
+    def _respond(self, args, request: dict, step: int, **outcome):
+        try:
+            write_response(args.output_dir, {"id": request["id"], "action": request["action"],
+                                             "name": request.get("name"), "step": step, **outcome})
+        except OSError as error:
+            logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
+
     def on_step_begin(self, args, state, control, **kwargs):
-        if self._awaiting:
-            self._answer_finished_saves(args, state)
+        self._answer_finished_saves(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._answer_finished_saves(args, state)

@@ -181,6 +181,24 @@ def test_copied_run_with_scrambled_mtimes_resumes_identically(tmp_path):
     assert curves(copy) == curves(reference)
 
 
+def kill_at_random_moments(command, out: Path, rng: random.Random, env, max_delay: float, rounds: int = 3) -> int:
+    """Start `command` `rounds` times; each time wait until training is under way (a valid checkpoint newer than
+    any before), then SIGKILL it at a random moment. Returns how many runs were killed before they finished."""
+    kills = 0
+    for _ in range(rounds):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        newest = find_resume_checkpoint(out, warn=False)
+        deadline = time.time() + 120
+        while process.poll() is None and time.time() < deadline and find_resume_checkpoint(out, warn=False) == newest:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, max_delay))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    return kills
+
+
 def test_kill_9_at_random_moments_then_rerun_is_bit_exact(tmp_path):
     steps = 30
     reference = tmp_path / "reference"
@@ -190,21 +208,7 @@ def test_kill_9_at_random_moments_then_rerun_is_bit_exact(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(out), "--seed", "3", *QUIET,
                "--max-steps", str(steps), "--save-steps", "1"]
-    kills = 0
-    for _ in range(3):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        # Wait until training is under way (a checkpoint newer than any before), then kill at a random moment.
-        start_count = len(list(out.glob("checkpoint-*"))) if out.exists() else 0
-        deadline = time.time() + 120
-        while process.poll() is None and time.time() < deadline:
-            if out.exists() and len(list(out.glob("checkpoint-*"))) > start_count:
-                break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
+    kills = kill_at_random_moments(command, out, rng, env, max_delay=0.6)
     final = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
     assert kills >= 2
@@ -226,19 +230,7 @@ def test_kill_9_of_a_plain_trainer_then_rerun_is_bit_exact(tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(command(reference), check=True, capture_output=True, env=env, timeout=300)
     out = tmp_path / "killed"
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(3):
-        process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        newest = find_resume_checkpoint(out, warn=False)
-        deadline = time.time() + 120
-        while process.poll() is None and time.time() < deadline and find_resume_checkpoint(out, warn=False) == newest:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
+    kills = kill_at_random_moments(command(out), out, random.Random(7), env, max_delay=0.3)
     subprocess.run(command(out), check=True, capture_output=True, env=env, timeout=300)
     assert kills >= 2
     assert losses(out) == losses(reference)
