@@ -7,3 +7,4 @@ TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "hf_trainkit_complete.json"
 TRAINING_COMPLETE = "training_complete.json"
+STALE_MARKER = "hf_trainkit_complete.stale.json"  # a marker taken away while its checkpoint is saved again

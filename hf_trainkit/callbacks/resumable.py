@@ -13,12 +13,14 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..checkpointing.discover import list_checkpoints
-from ..checkpointing.marker import read_marker, write_complete_marker, write_json_atomically
+from ..checkpointing.marker import (IncompleteCheckpointError, invalidate_marker, write_complete_marker,
+                                    write_json_atomically)
+from ..checkpointing.set_aside import set_aside_checkpoints
 from ..checkpointing.policy import pinned_names
 from ..checkpointing.rotate import checkpoints_to_delete
 from ..checkpointing.save_request import (REASONS, SaveRequest, pop_save_request, request_save,
                                            saving_enabled)
-from ..checkpointing.validate import TRAINING_COMPLETE
+from ..checkpointing.validate import COMPLETE_MARKER, TRAINING_COMPLETE
 from ..distributed import agree_on_max, barrier
 
 
@@ -26,13 +28,15 @@ logger = logging.get_logger(__name__)
 
 # Requests a signal can make, in increasing strength: all ranks agree on the strongest one any rank received.
 NOTHING, SAVE, SAVE_AND_STOP = 0, 1, 2
+# Signals that mean "save and stop": a scheduler's SIGTERM, Ctrl-C (SIGINT), a closed terminal or ssh (SIGHUP).
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def batch_change_message(args, state) -> str | None:
     """A warning when the run resumes with another total batch size than its checkpoint was trained with."""
     import json
 
-    marker_file = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "hf_trainkit_complete.json"
+    marker_file = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
     try:
         saved = json.loads(marker_file.read_text())
     except (OSError, ValueError):
@@ -49,6 +53,12 @@ def batch_change_message(args, state) -> str | None:
             f"so that their product times the world size is {before}.")
 
 
+def _has_config(model) -> bool:
+    """Whether saving `model` writes a config.json (a transformers model, or a PEFT model around one)."""
+    model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    return hasattr(model, "config") and hasattr(model, "save_pretrained")
+
+
 class ResumableCheckpointsCallback(TrainerCallback):
     """Make every checkpoint safe to resume from, and save on preemption.
 
@@ -58,8 +68,12 @@ class ResumableCheckpointsCallback(TrainerCallback):
     - Rotation: takes over `save_total_limit` from the `Trainer` (whose rotation sorts by mtime and can delete the
       newest checkpoint): counts valid checkpoints by step, never deletes the newest valid one, the best one or a
       `protected` one, and runs only after the new save is complete.
-    - Preemption: SIGTERM asks for a save and a clean stop at the next step boundary, SIGUSR1 for a save and go on;
-      every rank agrees through one small all-reduce per step (no file polling). A second SIGTERM exits at once.
+    - Preemption: SIGTERM, SIGINT (Ctrl-C) and SIGHUP ask for a save and a clean stop at the next step boundary,
+      SIGUSR1 for a save and go on; every rank agrees through one small all-reduce per step (no file polling). The
+      same signal a second time exits at once (a second Ctrl-C); a launcher's SIGTERM after a Ctrl-C does not.
+    - A fresh start or a resume from an older checkpoint moves the checkpoints newer than the starting step (another
+      timeline, or damaged saves) into `OUTPUT_DIR/superseded/<time>/` before the first step: nothing is lost,
+      and a save never overwrites files of another run piece by piece.
     - `on_train_end`: writes `training_complete.json` when training reached its end (not when preempted), so a
       re-run of the same command does not train again.
 
@@ -80,8 +94,11 @@ class ResumableCheckpointsCallback(TrainerCallback):
         self.handle_signals = handle_signals
         self.requested = NOTHING
         self.preempted = False
+        self.stop_signal: str | None = None  # the signal that stopped training, e.g. "SIGINT"
+        self.saved_on_stop: str | None = None  # the checkpoint written when it stopped
         self._previous_handlers: dict = {}
-        self._sigterm_count = 0
+        self._stop_signals_seen: list[int] = []
+        self._invalidated: dict[str, dict] = {}  # checkpoint folder -> its marker, taken away before a re-save
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -91,11 +108,12 @@ class ResumableCheckpointsCallback(TrainerCallback):
         args.save_total_limit = None  # rotation is ours from now on (see the class docstring)
 
     def _on_signal(self, signum, frame):
-        if signum == signal.SIGTERM:
-            self._sigterm_count += 1
-            if self._sigterm_count > 1:
-                print("Second SIGTERM: exiting now, without saving.", flush=True)
-                os._exit(128 + signal.SIGTERM)
+        if signum in STOP_SIGNALS:
+            if signum in self._stop_signals_seen:
+                print(f"Second {signal.Signals(signum).name}: exiting now, without saving.", flush=True)
+                os._exit(128 + signum)
+            self._stop_signals_seen.append(signum)
+            self.stop_signal = self.stop_signal or signal.Signals(signum).name
             self.requested = max(self.requested, SAVE_AND_STOP)
         else:
             self.requested = max(self.requested, SAVE)
@@ -104,7 +122,7 @@ class ResumableCheckpointsCallback(TrainerCallback):
         self._checked_resume = False
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        for signum in (*STOP_SIGNALS, getattr(signal, "SIGUSR1", None)):
             if signum is not None:
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
@@ -117,10 +135,15 @@ class ResumableCheckpointsCallback(TrainerCallback):
                 state.best_model_checkpoint = local
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self._invalidated:
+            self._restore_untouched_markers(args, state)
         # The Trainer loads a checkpoint's state after on_train_begin: the first step is where a resume is visible.
         if getattr(self, "_checked_resume", True):
             return
         self._checked_resume = True
+        if state.is_world_process_zero and saving_enabled(args):
+            self._set_aside_other_timelines(args, state)
+        barrier()  # no rank saves before the folders are out of the way
         if state.global_step > 0:
             self._remap_best_checkpoint(args, state)
             if state.is_world_process_zero:
@@ -128,9 +151,29 @@ class ResumableCheckpointsCallback(TrainerCallback):
                 if message:
                     logger.warning(message)
 
+    def _set_aside_other_timelines(self, args, state):
+        try:
+            moved = set_aside_checkpoints(args.output_dir, after_step=state.global_step,
+                                          include_training_complete=state.global_step == 0)
+        except OSError as error:
+            logger.warning(f"ResumableCheckpointsCallback: could not move older runs' checkpoints aside ({error}); "
+                           "saves at their steps will replace them.")
+            return
+        if moved:
+            logger.warning(f"Moved {len(moved.names)} checkpoint(s) newer than step {state.global_step} "
+                           f"({', '.join(moved.names[:4])}{' ...' if len(moved.names) > 4 else ''}) to "
+                           f"{moved.folder}: they belong to another run or were damaged; nothing was deleted.")
+        if self.mirror is not None:
+            try:
+                self.mirror.set_aside(after_step=state.global_step, stamp=moved.stamp if moved else None)
+            except Exception as error:  # a mirror outage must not stop training
+                logger.warning(f"CheckpointMirror: could not move newer checkpoints aside on {self.mirror.url} "
+                               f"({type(error).__name__}: {error}).")
+
     # --- every step: one agreement across ranks ---------------------------------------------------------------------
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._take_marker_before_resave(args, state)
         if not self.handle_signals:
             return
         agreed = agree_on_max(self.requested)
@@ -146,18 +189,48 @@ class ResumableCheckpointsCallback(TrainerCallback):
 
     # --- saves ------------------------------------------------------------------------------------------------------
 
+    def _take_marker_before_resave(self, args, state):
+        """A folder for this step already exists (a save at this step is about to write into it): its marker goes
+        first, so a kill halfway through never leaves it "complete" with files of two saves. Put back at the next
+        step when no save came."""
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir() and checkpoint.name not in self._invalidated:
+            try:
+                self._invalidated[checkpoint.name] = invalidate_marker(checkpoint)
+            except OSError as error:
+                logger.warning(f"ResumableCheckpointsCallback: could not invalidate {checkpoint} ({error}).")
+
+    def _restore_untouched_markers(self, args, state):
+        from ..checkpointing.marker import STALE_MARKER
+
+        for name in list(self._invalidated):  # still here: no save came at that step
+            previous = self._invalidated.pop(name)
+            stale = Path(args.output_dir) / name / STALE_MARKER
+            if previous and stale.is_file():
+                os.replace(stale, stale.with_name(COMPLETE_MARKER))
+
     def on_save(self, args, state, control, **kwargs):
         barrier()  # every rank has written its shards before the marker says "complete"
         request = pop_save_request(control, state)
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and checkpoint.is_dir():
+            world_size = max(getattr(args, "world_size", 1), 1)
             try:
-                marker = write_complete_marker(checkpoint, self._metadata(args, state, request, checkpoint))
+                marker = write_complete_marker(
+                    checkpoint, self._metadata(args, state, request, checkpoint), world_size=world_size,
+                    save_only_model=bool(getattr(args, "save_only_model", False)),
+                    needs_config=_has_config(kwargs.get("model")))
+                self._invalidated.pop(checkpoint.name, None)
                 if marker.get("name"):
                     logger.warning(f"Saved {checkpoint} as {marker['name']!r} ({marker['reason']}, pinned).")
+                if self.preempted:
+                    self.saved_on_stop = str(checkpoint)
                 if self.mirror is not None:
                     self.mirror.push_in_background(checkpoint)
                 self._rotate(args, state)
+            except IncompleteCheckpointError as error:
+                logger.warning(f"ResumableCheckpointsCallback: {error}; it is not marked complete and a resume will "
+                               "skip it.")
             except OSError as error:
                 logger.warning(f"ResumableCheckpointsCallback: could not finish {checkpoint} ({error}).")
         barrier()  # no rank goes on (or exits) before the marker and the rotation are done
@@ -187,7 +260,7 @@ class ResumableCheckpointsCallback(TrainerCallback):
             "metrics": metrics,
         }
         # Saved again at the same step (a named save right after an interval save): keep its name and pin.
-        previous = read_marker(checkpoint)
+        previous = self._invalidated.get(checkpoint.name) or {}
         name = (request.name if request else None) or previous.get("name")
         if name:
             metadata["name"] = name
@@ -213,6 +286,8 @@ class ResumableCheckpointsCallback(TrainerCallback):
     # --- the end ----------------------------------------------------------------------------------------------------
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._invalidated:
+            self._restore_untouched_markers(args, state)
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}

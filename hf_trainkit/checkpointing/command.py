@@ -16,9 +16,17 @@ def _size(num_bytes: int) -> str:
     return str(num_bytes)
 
 
+def _number_text(value) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (OverflowError, TypeError, ValueError):  # an integer with thousands of digits, a string
+        return "?"
+
+
 def _metrics_text(metrics: dict, limit: int = 3) -> str:
     keys = [k for k in ("loss", "reward", "eval_loss") if k in metrics] or list(metrics)
-    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys[:limit] if isinstance(metrics[k], (int, float)))
+    return " ".join(f"{str(k)[:24]}={_number_text(metrics[k])}" for k in keys[:limit]
+                    if isinstance(metrics[k], (int, float)))
 
 
 def checkpoints_command_parser() -> argparse.ArgumentParser:
@@ -27,12 +35,18 @@ def checkpoints_command_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     latest = sub.add_parser("latest", help="print the newest valid checkpoint of DIR (exit 1 if none)")
     latest.add_argument("output_dir", metavar="DIR")
+    latest.add_argument("--verify", action="store_true",
+                        help="also read every byte: checksums recorded at save time, loadable pickles (what a resume "
+                        "does; slower on large checkpoints)")
     listing = sub.add_parser("list", help="table of DIR's checkpoints: step, folder, name (pinned), reason, metrics, "
                                           "size, validity")
     listing.add_argument("output_dir", metavar="DIR")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument("--verify", action="store_true",
+                         help="also read every byte of every checkpoint: checksums and loadable pickles")
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata")
     inspect.add_argument("checkpoint", metavar="CKPT")
+    inspect.add_argument("--verify", action="store_true", help="also check checksums and loadable pickles")
     return parser
 
 
@@ -46,23 +60,23 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_dir():
             print(f"hf-trainkit checkpoints: {path}: no such directory.", file=sys.stderr)
             return 2
-        info = inspect_checkpoint(path, compute_size=True)
+        info = inspect_checkpoint(path, compute_size=True, verify=args.verify)
         print(json.dumps({"path": str(info.path), "step": info.step, "valid": info.valid,
                           "why_not": info.reason or None, "size_bytes": info.size_bytes, "metrics": info.metrics,
-                          "marker": {k: v for k, v in info.marker.items() if k != "files"},
+                          "marker": {k: v for k, v in info.marker.items() if k not in ("files", "checksums")},
                           "files": len(info.marker.get("files", {})) or None}, indent=2, default=str))
         return 0 if info.valid else 1
     if not Path(args.output_dir).is_dir():
         print(f"hf-trainkit checkpoints: {args.output_dir}: no such directory.", file=sys.stderr)
         return 2
     if args.action == "latest":
-        found = find_resume_checkpoint(args.output_dir, warn=False)
+        found = find_resume_checkpoint(args.output_dir, warn=False, verify=args.verify)
         if found is None:
             print(f"hf-trainkit checkpoints: no valid checkpoint in {args.output_dir}.", file=sys.stderr)
             return 1
         print(found)
         return 0
-    infos = list_checkpoints(args.output_dir, include_strays=True, compute_size=True)
+    infos = list_checkpoints(args.output_dir, include_strays=True, compute_size=True, verify=args.verify)
     if args.json:
         print(json.dumps([{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"),
                            "pinned": bool(i.marker.get("pinned")), "reason": i.marker.get("reason"), "metrics": i.metrics,
@@ -72,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'step':>8}  {'checkpoint':<22} {'name':<16} {'reason':<9} {'metrics':<34} {'size':>9}  valid")
     for info in infos:
         validity = "yes" if info.valid else f"no: {info.reason}"
-        name = info.marker.get("name") or "-"
+        name = str(info.marker.get("name") or "-")
         print(f"{info.step if info.step is not None else '-':>8}  {info.name[:22]:<22} {name[:16]:<16} "
               f"{str(info.marker.get('reason') or '-'):<9} {_metrics_text(info.metrics)[:34]:<34} "
               f"{_size(info.size_bytes):>9}  {validity}")

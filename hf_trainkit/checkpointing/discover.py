@@ -18,7 +18,12 @@ def _candidates(root: Path) -> list[tuple[int, Path]]:
     """`checkpoint-<step>` folders by step (the number, which `inspect_checkpoint` checks against
     `trainer_state.json`; never the mtime), oldest first."""
     found = []
-    for child in root.iterdir():
+    try:
+        children = list(root.iterdir())
+    except OSError as error:
+        logger.warning(f"Cannot list {root} ({error.strerror or error}).")
+        return []
+    for child in children:
         match = CHECKPOINT_PATTERN.match(child.name)
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
@@ -26,34 +31,37 @@ def _candidates(root: Path) -> list[tuple[int, Path]]:
 
 
 def list_checkpoints(output_dir: str | os.PathLike, include_strays: bool = False,
-                     compute_size: bool = False) -> list[CheckpointInfo]:
+                     compute_size: bool = False, verify: bool = False) -> list[CheckpointInfo]:
     """Every `checkpoint-<step>` folder of `output_dir`, inspected, oldest step first.
 
     Stray folders that look like checkpoints but are not `checkpoint-<step>` (`checkpoint-final`,
-    `tmp-checkpoint-12`) are included, as invalid, only with `include_strays=True`.
+    `tmp-checkpoint-12`) are included, as invalid, only with `include_strays=True`. `verify=True` reads every
+    byte of every checkpoint (checksums, loadable pickles): see `inspect_checkpoint`.
     """
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    infos = [inspect_checkpoint(path, compute_size) for _, path in _candidates(root)]
+    infos = [inspect_checkpoint(path, compute_size, verify) for _, path in _candidates(root)]
     if include_strays:
         infos += [inspect_checkpoint(child, compute_size) for child in sorted(root.iterdir())
                   if child.is_dir() and "checkpoint" in child.name and not CHECKPOINT_PATTERN.match(child.name)]
     return infos
 
 
-def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True) -> str | None:
+def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True, verify: bool = True) -> str | None:
     """Path of the newest *valid* checkpoint in `output_dir` (by step, never by mtime), or None.
 
     Inspects from the newest down and stops at the first valid one, so a dir with thousands of checkpoints costs
-    a few file reads. Invalid checkpoints newer than it are skipped with a one-line warning saying why. Nothing is
-    deleted.
+    a few file reads plus, with `verify` (the default), one read of the chosen checkpoint's bytes: the checksums
+    its marker recorded and a load of its torch pickles, so a checkpoint corrupted after its save (or one that
+    cannot be loaded) is skipped like an incomplete one. Invalid checkpoints newer than it are skipped with a
+    one-line warning saying why. Nothing is deleted.
     """
     root = Path(output_dir)
     if not root.is_dir():
         return None
     for _, path in reversed(_candidates(root)):
-        info = inspect_checkpoint(path)
+        info = inspect_checkpoint(path, verify=verify)
         if info.valid:
             return str(info.path)
         if warn:
@@ -65,6 +73,7 @@ def read_training_complete(output_dir: str | os.PathLike) -> dict | None:
     """The record `ResumableCheckpointsCallback` writes when training ran to its end, or None."""
     path = Path(output_dir) / TRAINING_COMPLETE
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+    return record if isinstance(record, dict) else None

@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from .validate import COMPLETE_MARKER
+from .integrity import CHECKSUM_ALGORITHM, checksums, required_files
+from .validate import COMPLETE_MARKER, STALE_MARKER
 
 
 def write_json_atomically(path: Path, data: dict, durable: bool = True):
@@ -24,23 +25,54 @@ def write_json_atomically(path: Path, data: dict, durable: bool = True):
     os.replace(tmp, path)
 
 
-def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict) -> dict:
-    """List every file of `checkpoint` with its size, add `metadata`, and write the marker last."""
+class IncompleteCheckpointError(RuntimeError):
+    """A save that did not write every file a resume needs: no completion marker is written for it."""
+
+
+def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict, *, world_size: int = 1,
+                          save_only_model: bool = False, needs_config: bool = True, checksum: bool = True) -> dict:
+    """List every file of `checkpoint` with its size and checksum, check that the files a resume needs are there
+    (see `integrity.required_files`), add `metadata`, and write the marker last.
+
+    Raises:
+        IncompleteCheckpointError: a needed file is missing; the checkpoint stays without a marker (invalid).
+    """
     root = Path(checkpoint)
     files = {
-        str(f.relative_to(root)): f.stat().st_size
+        f.relative_to(root).as_posix(): f.stat().st_size
         for f in sorted(root.rglob("*"))
         if f.is_file() and f.name != COMPLETE_MARKER and not f.name.startswith(f".{COMPLETE_MARKER}")
+        and f.name != STALE_MARKER
     }
-    marker = {"format": 1, "written_at": time.time(), **metadata, "files": files}
+    required, missing = required_files(root, set(files), world_size=world_size, save_only_model=save_only_model,
+                                       needs_config=needs_config)
+    if missing:
+        raise IncompleteCheckpointError(f"{root.name} lacks {', '.join(missing)}")
+    marker = {"format": 2, "written_at": time.time(), **metadata, "required": required, "files": files}
+    if checksum:
+        marker["checksum_algorithm"] = CHECKSUM_ALGORITHM
+        marker["checksums"] = checksums(root, list(files))
     write_json_atomically(root / COMPLETE_MARKER, marker)
     return marker
 
 
-def read_marker(checkpoint: str | os.PathLike) -> dict:
-    """The completion marker of `checkpoint`, or {} when it has none (or an unreadable one)."""
+def invalidate_marker(checkpoint: str | os.PathLike) -> dict:
+    """Take the completion marker of `checkpoint` out of the way before its files are written again, so that a
+    kill in the middle never leaves a "complete" mix of two saves. Returns the old marker ({} if none); it is kept
+    as `hf_trainkit_complete.stale.json` for the record."""
+    root = Path(checkpoint)
+    previous = read_marker(root)
     try:
-        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
+        os.replace(root / COMPLETE_MARKER, root / STALE_MARKER)
+    except FileNotFoundError:
+        pass
+    return previous
+
+
+def read_marker(checkpoint: str | os.PathLike) -> dict:
+    """The completion marker of `checkpoint`, or {} when it has none (or an unreadable or malformed one)."""
+    try:
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_bytes())
+    except (OSError, ValueError, RecursionError):
         return {}
     return marker if isinstance(marker, dict) else {}
