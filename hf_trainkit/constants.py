@@ -8,3 +8,4 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "hf_trainkit_complete.json"
 TRAINING_COMPLETE = "training_complete.json"
 STALE_MARKER = "hf_trainkit_complete.stale.json"  # a marker taken away while its checkpoint is saved again
+UNLOADABLE_MARKER = "hf_trainkit_unloadable.json"  # a checkpoint whose load failed at a resume: skipped after

@@ -6,6 +6,7 @@ other side too: a mirrored checkpoint counts only once its marker is there.
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import queue
 import re
@@ -71,24 +72,62 @@ class CheckpointMirror:
                 self.fs.get_file(source, destination)
 
     def push(self, checkpoint: str | Path):
-        """Copy a complete local checkpoint to the mirror (marker last), then apply the limit there."""
+        """Copy a complete local checkpoint to the mirror (marker last), then apply the limit there.
+
+        A mirror that fills up (ENOSPC) does not stay stuck at an old step: the cut-short copy goes, the older
+        copies beyond `save_total_limit - 1` go to make room, and the copy is tried once more. Without a limit
+        nothing is deleted and the error says so.
+        """
         checkpoint = Path(checkpoint)
         remote = posixpath.join(self.root, checkpoint.name)
         files = [(str(f), posixpath.join(remote, f.relative_to(checkpoint).as_posix()))
                  for f in sorted(checkpoint.rglob("*")) if f.is_file()]
-        self._copy_tree(files, put=True)
+        try:
+            self._copy_tree(files, put=True)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            self._remove(remote)
+            if not self.save_total_limit or not self.rotate(room_for_one_more=True):
+                raise OSError(errno.ENOSPC, f"no space left on the mirror for {checkpoint.name}; free space there "
+                              "or set --save-total-limit so older copies make room") from None
+            self._copy_tree(files, put=True)
         self.rotate()
 
-    def rotate(self):
+    def _remove(self, remote: str):
+        try:
+            self.fs.rm(remote, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def rotate(self, room_for_one_more: bool = False) -> list[int]:
+        """Delete cut-short copies and the complete ones beyond the limit (one more with `room_for_one_more`, before
+        a copy that did not fit); the steps deleted."""
         complete = self.complete_steps()
         if not complete:
-            return
+            return []
         newest = complete[-1]
         doomed = [s for s in self._all_steps() if s < newest and s not in complete]  # cut-short copies
         if self.save_total_limit:
-            doomed += complete[: max(len(complete) - self.save_total_limit, 0)]
+            keep = self.save_total_limit - 1 if room_for_one_more else self.save_total_limit
+            doomed += complete[: max(len(complete) - keep, 0)]
         for step in doomed:
-            self.fs.rm(posixpath.join(self.root, f"checkpoint-{step}"), recursive=True)
+            self._remove(posixpath.join(self.root, f"checkpoint-{step}"))
+        return doomed
+
+    def set_aside(self, after_step: int, stamp: str | None = None):
+        """Move the mirrored checkpoints newer than `after_step` (another run's) under `superseded/<stamp>/`, as the
+        local ones are: otherwise rotation there would keep them as "newest" and delete this run's copies."""
+        import time
+
+        newer = [s for s in self._all_steps() if s > after_step]
+        if not newer:
+            return
+        target = posixpath.join(self.root, "superseded", stamp or time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        self.fs.makedirs(target, exist_ok=True)
+        for step in newer:
+            name = f"checkpoint-{step}"
+            self.fs.mv(posixpath.join(self.root, name), posixpath.join(target, name), recursive=True)
 
     def pull(self, step: int, output_dir: str | Path) -> Path:
         """Download mirrored `checkpoint-<step>` into `output_dir` (marker last) and return its local path."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..constants import (CHECKPOINT_PATTERN, COMPLETE_MARKER, STALE_MARKER, TRAINER_STATE_NAME,  # noqa: F401
-                         TRAINING_COMPLETE)
+                         TRAINING_COMPLETE, UNLOADABLE_MARKER)
 
 
 from .integrity import WEIGHT_FILES, WEIGHT_INDEXES  # noqa: E402
@@ -229,6 +229,12 @@ def _inspect(path: Path, match, info: CheckpointInfo, compute_size: bool, verify
             info.size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         except OSError:
             pass
+    if (path / UNLOADABLE_MARKER).exists():
+        try:
+            why = json.loads((path / UNLOADABLE_MARKER).read_bytes()).get("error", "")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            why = ""
+        return f"a resume could not load it{f' ({str(why)[:160]})' if why else ''}"
     state_file = path / TRAINER_STATE_NAME
     if not state_file.is_file():
         return f"{TRAINER_STATE_NAME} is missing"
@@ -270,3 +276,13 @@ def _inspect(path: Path, match, info: CheckpointInfo, compute_size: bool, verify
         problem = _unknown_state_fields(state) or next(
             filter(None, map(_safetensors_complete, sorted(path.glob("*.safetensors")))), "") or load_problem(path)
     return problem
+
+
+def mark_unloadable(path: str | os.PathLike, error: str):
+    """Record in the checkpoint that loading it failed, so the next resume skips it at once (nothing is deleted)."""
+    import time
+
+    try:
+        (Path(path) / UNLOADABLE_MARKER).write_text(json.dumps({"error": error, "at": time.time()}))
+    except OSError:
+        pass

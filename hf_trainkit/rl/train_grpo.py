@@ -493,31 +493,80 @@ def run(args: argparse.Namespace):
     if checkpoint:
         print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(args)
-    # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
-    model, tokenizer = build_model_and_tokenizer(args)
-    trainer = FilteredGRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=build_peft_config(args),
-        callbacks=callbacks,
-    )
-    if config.process_index == 0 and (config.world_size > 1 or trainer.is_deepspeed_enabled):
-        print(describe_launch(trainer), flush=True)
-    if checkpoint and trainer.is_deepspeed_enabled:
-        from ..checkpointing.universal import prepare_deepspeed_resume
+    tried: list[str] = []
+    while True:
+        # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
+        model, tokenizer = build_model_and_tokenizer(args)
+        trainer = FilteredGRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=build_peft_config(args),
+            callbacks=callbacks,
+        )
+        if config.process_index == 0 and (config.world_size > 1 or trainer.is_deepspeed_enabled) and not tried:
+            print(describe_launch(trainer), flush=True)
+        if checkpoint and trainer.is_deepspeed_enabled:
+            from ..checkpointing.universal import prepare_deepspeed_resume
 
+            try:
+                prepare_deepspeed_resume(trainer, checkpoint)
+            except RuntimeError as error:
+                raise UsageError(str(error)) from None
         try:
-            prepare_deepspeed_resume(trainer, checkpoint)
-        except RuntimeError as error:
-            raise UsageError(str(error)) from None
-    trainer.train(resume_from_checkpoint=checkpoint)
+            trainer.train(resume_from_checkpoint=checkpoint)
+            break
+        except Exception as error:
+            older = _fallback_after_failed_load(error, trainer, checkpoint, config, args)
+            if older is _NO_FALLBACK:
+                raise
+            tried.append(checkpoint)
+            checkpoint = older
+            callbacks = build_callbacks(args)
     trainer.save_state()
     if trainer.args.should_save:
         print(f"Run written to {args.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries).")
     return trainer
+
+
+_NO_FALLBACK = object()
+# Functions of transformers/accelerate/DeepSpeed that read a checkpoint: an error raised inside one of them means
+# the checkpoint could not be loaded, not that training itself failed.
+_LOADERS = {"_load_from_checkpoint", "load_from_json", "_load_optimizer_and_scheduler", "_load_rng_state",
+            "_load_scaler", "_load_callback_state", "load_checkpoint", "load_state_dict", "load_file",
+            "deepspeed_load_checkpoint", "_load_checkpoint"}
+
+
+def _fallback_after_failed_load(error: BaseException, trainer, checkpoint: str | None, config, args):
+    """The next older valid checkpoint (or None: from scratch) when loading `checkpoint` failed, else _NO_FALLBACK.
+
+    Only in one process: with several, the ranks would have to agree that the load failed everywhere, and a rank
+    that loaded fine is already waiting in a collective.
+    """
+    import traceback
+
+    from ..checkpointing import find_resume_checkpoint
+    from ..checkpointing.validate import mark_unloadable
+
+    if checkpoint is None or config.world_size > 1 or trainer.state.global_step > _step_of(checkpoint):
+        return _NO_FALLBACK
+    frames = {frame.name for frame in traceback.extract_tb(error.__traceback__)}
+    if not frames & _LOADERS:
+        return _NO_FALLBACK
+    reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+    mark_unloadable(checkpoint, reason)
+    older = find_resume_checkpoint(args.output_dir, warn=False)  # the one warning is below
+    print(f"Warning: could not load {checkpoint} ({reason}); resuming from "
+          f"{older or 'scratch (no older valid checkpoint)'} instead. {checkpoint} stays on disk, marked unloadable.",
+          file=sys.stderr, flush=True)
+    return older
+
+
+def _step_of(checkpoint: str) -> int:
+    match = re.search(r"checkpoint-(\d+)$", os.path.normpath(checkpoint))
+    return int(match.group(1)) if match else 0
 
 
 def describe_launch(trainer) -> str:
@@ -530,11 +579,45 @@ def describe_launch(trainer) -> str:
     return text
 
 
-def was_preempted(trainer) -> bool:
+def stopping_callback(trainer):
+    """The checkpoint manager, when it stopped training on a signal (None otherwise)."""
     from ..callbacks import ResumableCheckpointsCallback
 
-    return any(isinstance(cb, ResumableCheckpointsCallback) and cb.preempted
-               for cb in trainer.callback_handler.callbacks)
+    return next((cb for cb in trainer.callback_handler.callbacks
+                 if isinstance(cb, ResumableCheckpointsCallback) and cb.preempted), None)
+
+
+def disk_full_message(error: BaseException, output_dir: str) -> str | None:
+    """A one-line explanation when `error` comes from a full disk. torch does not always say so: a cut-short
+    `torch.save` reports "unexpected pos" or "file write failed", so an error raised while saving counts as a full
+    disk when less room is left than the newest checkpoint takes (and at least 256 MiB)."""
+    import errno
+    import shutil
+    import traceback
+
+    from ..checkpointing import find_resume_checkpoint
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    full = any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain)
+    latest = find_resume_checkpoint(output_dir, warn=False, verify=False)
+    if not full:
+        saving = any(frame.name in ("_save_checkpoint", "save_model", "save_state") for e in chain
+                     for frame in traceback.extract_tb(e.__traceback__))
+        needed = 256 << 20
+        if latest:
+            needed = max(needed, sum(f.stat().st_size for f in Path(latest).rglob("*") if f.is_file()))
+        try:
+            full = saving and shutil.disk_usage(output_dir).free < needed
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return (f"no space left on device while writing to {output_dir}. Free some space (or lower --save-total-limit, "
+            f"or point --output-dir at a larger disk), then run the same command again: it resumes from "
+            f"{latest or 'the start (no complete checkpoint yet)'}; the cut-short checkpoint is skipped.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,9 +632,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"train_grpo.py: error: {error}", file=sys.stderr)
         return 2
-    if trainer is not None and was_preempted(trainer):
-        if trainer.args.should_save:
-            print(f"Stopped by SIGTERM after saving step {trainer.state.global_step}. Run the same command again "
-                  "(on this or another machine, with the output dir) to resume.", flush=True)
-        return 128 + 15  # "terminated", as a scheduler expects, after a clean save
+    except KeyboardInterrupt:
+        print("train_grpo.py: interrupted before training started; nothing was saved.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = disk_full_message(error, args.output_dir) if args.output_dir else None
+        if message is None or os.environ.get("HF_TRAINKIT_DEBUG"):
+            raise
+        print(f"train_grpo.py: error: {message}", file=sys.stderr)
+        return 1
+    stopper = stopping_callback(trainer) if trainer is not None else None
+    if stopper is not None:
+        import signal
+
+        name = stopper.stop_signal or "SIGTERM"
+        if stopper.saved_on_stop:
+            print(f"Stopped by {name} after saving step {trainer.state.global_step} ({stopper.saved_on_stop}). Run "
+                  "the same command again (on this or another machine, with the output dir) to resume.", flush=True)
+        else:
+            print(f"Stopped by {name} at step {trainer.state.global_step}; no checkpoint was saved "
+                  "(--no-save-checkpoints).", flush=True)
+        return 128 + getattr(signal, name, signal.SIGTERM)  # "terminated", as a scheduler expects, after a clean save
     return 0
