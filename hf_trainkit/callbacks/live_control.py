@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..checkpointing.control import (TOKEN_FILE, RequestWatcher, prepare_control_dir, reject_pending,
-                                     take_next_request, write_response, write_status, write_token)
+from ..checkpointing.control import (TOKEN_FILE, ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
+                                     reject_pending, write_response, write_status, write_token)
 from ..checkpointing.marker import read_marker
 from ..checkpointing.save_request import request_save
 from ..distributed import agree_on_max, broadcast_from_main
@@ -52,6 +52,7 @@ class LiveControlCallback(TrainerCallback):
         self._last_status = 0.0
         self._status: dict = {}
         self._watcher = None
+        self._queue = None
 
     # --- set-up and status -------------------------------------------------------------------------------------------
 
@@ -60,7 +61,8 @@ class LiveControlCallback(TrainerCallback):
             return
         try:
             prepare_control_dir(args.output_dir)
-            stale = reject_pending(args.output_dir, "sent before this training started (to a run that is gone)")
+            stale = reject_pending(args.output_dir, "sent before this training started (to a run that is gone)",
+                                   warn=logger.warning)
             if stale:
                 logger.warning(f"LiveControlCallback: rejected {stale} request(s) left from an earlier run.")
         except OSError as error:
@@ -110,9 +112,10 @@ class LiveControlCallback(TrainerCallback):
     def _next_request(self, args) -> dict | None:
         if self._watcher is None:
             self._watcher = RequestWatcher(args.output_dir)
+            self._queue = RequestQueue(args.output_dir, warn=logger.warning)
         try:
-            return take_next_request(args.output_dir) if self._watcher.pending() else None
-        except OSError as error:  # a broken request never takes the training down
+            return self._queue.take() if self._watcher.pending() else None
+        except (OSError, ControlError) as error:  # a broken request never takes the training down
             logger.warning(f"LiveControlCallback: could not read a request ({error}).")
             return None
 
@@ -154,7 +157,7 @@ class LiveControlCallback(TrainerCallback):
         try:
             write_response(args.output_dir, {"id": request["id"], "action": request["action"],
                                              "name": request.get("name"), "step": step, **outcome})
-        except OSError as error:
+        except (OSError, ControlError) as error:
             logger.warning(f"LiveControlCallback: could not answer request {request['id']} ({error}).")
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +27,9 @@ from .policy import validate_checkpoint_name
 
 ACTIONS = ("save", "stop")
 TOKEN_FILE = "control_token"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids become file names: no '/', '..', NUL or absolute paths
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 16
 
 
 class ControlError(ValueError):
@@ -45,6 +50,57 @@ def _requests_dir(run_dir) -> Path:
 
 def _responses_dir(run_dir) -> Path:
     return control_dir(run_dir) / "responses"
+
+
+def _rejected_dir(run_dir) -> Path:
+    return control_dir(run_dir) / "rejected"
+
+
+def json_depth(value, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, counted without recursion and no further than `limit` + 1."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        level = [item for item in level if isinstance(item, (dict, list))]
+    return depth
+
+
+def parse_request_json(raw: bytes, what: str) -> dict:
+    """A JSON object of at most MAX_REQUEST_BYTES and MAX_JSON_DEPTH levels, else ControlError saying why."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ControlError(f"{what} is over {MAX_REQUEST_BYTES} bytes", status=413)
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ControlError(f"{what} is nested too deeply") from None
+    except ValueError:  # also UnicodeDecodeError
+        raise ControlError(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ControlError(f"{what} must be a JSON object")
+    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ControlError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of `path` if it is a regular file (not a directory, FIFO, device or symlink) of at most
+    `max_bytes`; ControlError otherwise. Opened non-blocking, so a FIFO never wedges the reader."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as error:
+        raise ControlError(f"cannot open it ({error.strerror or error})") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ControlError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ControlError(f"over {max_bytes} bytes", status=413)
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read(max_bytes + 1)
+    finally:
+        os.close(descriptor)
 
 
 def prepare_control_dir(run_dir: str | os.PathLike):
@@ -119,43 +175,84 @@ class RequestWatcher:
         return found
 
 
-def take_next_request(run_dir: str | os.PathLike) -> dict | None:
-    """Remove and return the oldest well-formed request; malformed ones are answered as rejected."""
-    folder = _requests_dir(run_dir)
+def quarantine(run_dir: str | os.PathLike, path: Path, why: str) -> str:
+    """Move a request file that cannot be used into `control/rejected/` (kept for a look, never read again);
+    returns the one-line warning to print."""
+    folder = _rejected_dir(run_dir)
     try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-    except OSError:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, folder / f"{time.time_ns()}-{path.name}")
+        where = f"moved to {folder}"
+    except OSError as error:
+        where = f"could not be moved away ({error.strerror or error}); it is ignored from now on"
+    return f"Live control: ignored request {path.name[:80]!r}: {why}; {where}."
+
+
+class RequestQueue:
+    """The training side of the request folder: takes the oldest usable request, answers or quarantines the rest.
+
+    Nothing in the folder can stop training: a request is read only if it is a regular file of at most 64 KiB,
+    holding a JSON object of at most 16 levels whose id is a plain name; anything else is moved to
+    `control/rejected/` with one warning (and skipped for good if even that fails).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, warn=print):
+        self.run_dir = run_dir
+        self.warn = warn
+        self._ignored: set[str] = set()
+
+    def take(self) -> dict | None:
+        folder = _requests_dir(self.run_dir)
+        try:
+            names = sorted(n for n in os.listdir(folder)
+                           if n.endswith(".json") and not n.startswith(".") and n not in self._ignored)
+        except OSError:
+            return None
+        for file_name in names:
+            path = folder / file_name
+            try:
+                request = parse_request_json(read_regular_file(path, MAX_REQUEST_BYTES), "the request")
+                request_id = request.get("id")
+                if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+                    raise ControlError(f"its id {str(request_id)[:40]!r} is not 1-64 letters, digits, '_' or '-'")
+            except ControlError as error:
+                if not path.exists() and not path.is_symlink():
+                    continue  # taken by someone else meanwhile
+                self.warn(quarantine(self.run_dir, path, str(error)))
+                if path.exists() or path.is_symlink():
+                    self._ignored.add(file_name)
+                continue
+            # The answer is written before the request file goes, so a client polling for it never finds neither.
+            try:
+                check_request(self.run_dir, request.get("action"), request.get("name"))
+            except ControlError as error:
+                write_response(self.run_dir, {"id": request_id, "status": "rejected", "error": str(error)})
+                self._remove(path, file_name)
+                continue
+            write_response(self.run_dir, {"id": request_id, "action": request.get("action"),
+                                          "name": request.get("name"), "status": "accepted"})
+            self._remove(path, file_name)
+            return request
         return None
-    for file_name in names:
-        path = folder / file_name
+
+    def _remove(self, path: Path, file_name: str):
         try:
-            request = json.loads(path.read_text())
-        except (OSError, ValueError):
             path.unlink(missing_ok=True)
-            continue
-        if not isinstance(request, dict):
-            path.unlink(missing_ok=True)
-            continue
-        request_id = str(request.get("id") or file_name)
-        # The answer is written before the request file goes, so a client polling for it never finds neither.
-        try:
-            check_request(run_dir, request.get("action"), request.get("name"))
-        except ControlError as error:
-            write_response(run_dir, {"id": request_id, "status": "rejected", "error": str(error)})
-            path.unlink(missing_ok=True)
-            continue
-        write_response(run_dir, {"id": request_id, "action": request.get("action"), "name": request.get("name"),
-                                 "status": "accepted"})
-        path.unlink(missing_ok=True)
-        return {**request, "id": request_id}
-    return None
+        except OSError:
+            self._ignored.add(file_name)
 
 
-def reject_pending(run_dir: str | os.PathLike, why: str) -> int:
+def take_next_request(run_dir: str | os.PathLike, warn=print) -> dict | None:
+    """Remove and return the oldest well-formed request; see `RequestQueue`."""
+    return RequestQueue(run_dir, warn).take()
+
+
+def reject_pending(run_dir: str | os.PathLike, why: str, warn=print) -> int:
     """Answer every queued request as rejected (a new training starts: they were meant for an earlier one)."""
     count = 0
+    queue = RequestQueue(run_dir, warn)
     while True:
-        request = take_next_request(run_dir)
+        request = queue.take()
         if request is None:
             return count
         write_response(run_dir, {"id": request["id"], "action": request.get("action"), "status": "rejected",
@@ -164,15 +261,20 @@ def reject_pending(run_dir: str | os.PathLike, why: str) -> int:
 
 
 def write_response(run_dir: str | os.PathLike, response: dict):
+    if not isinstance(response.get("id"), str) or not REQUEST_ID.match(response["id"]):
+        raise ControlError(f"request id {str(response.get('id'))[:40]!r} cannot name a response file")
     _responses_dir(run_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomically(_responses_dir(run_dir) / f"{response['id']}.json", {**response, "answered_at": time.time()})
 
 
 def read_response(run_dir: str | os.PathLike, request_id: str) -> dict | None:
-    try:
-        return json.loads((_responses_dir(run_dir) / f"{request_id}.json").read_text())
-    except (OSError, ValueError):
+    if not REQUEST_ID.match(request_id):
         return None
+    try:
+        response = json.loads((_responses_dir(run_dir) / f"{request_id}.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return response if isinstance(response, dict) else None
 
 
 def is_queued(run_dir: str | os.PathLike, request_id: str) -> bool:
@@ -190,9 +292,10 @@ def write_status(run_dir: str | os.PathLike, status: dict):
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:
     try:
-        return json.loads((control_dir(run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
+        status = json.loads(read_regular_file(control_dir(run_dir) / "status.json", 1 << 20))
+    except (ControlError, ValueError, RecursionError):
         return None
+    return status if isinstance(status, dict) else None
 
 
 def write_token(run_dir: str | os.PathLike) -> str:
@@ -200,12 +303,16 @@ def write_token(run_dir: str | os.PathLike) -> str:
     token = secrets.token_urlsafe(32)
     path = Path(run_dir) / TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new file of our own (O_EXCL: never one planted in advance; O_NOFOLLOW: never through a symlink), renamed
+    # over the old name: a symlink left at `control_token` is replaced, its target never written.
+    temporary = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.fchmod(descriptor, 0o600)
         os.write(descriptor, token.encode())
     finally:
         os.close(descriptor)
+    os.replace(temporary, path)
     return token
 
 

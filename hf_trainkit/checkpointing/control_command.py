@@ -37,16 +37,30 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _number(value, spec: str = ".4g") -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
 def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
     if status is None:
         print(f"{run_dir}: no live status (not started with live control, or not started yet).")
     else:
-        age = time.time() - status.get("updated_at", time.time())
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in list(status.get("last_metrics", {}).items())[:6]
-                           if k not in ("step", "epoch"))
-        print(f"{run_dir}: {status.get('state')} at step {status.get('step')}/{status.get('max_steps')}, "
-              f"epoch {status.get('epoch') or 0:.3f}, updated {age:.0f} s ago (pid {status.get('pid')} on "
-              f"{status.get('host')}, world size {status.get('world_size')})")
+        updated = status.get("updated_at")
+        age = time.time() - updated if isinstance(updated, (int, float)) else float("nan")
+        last = status.get("last_metrics") if isinstance(status.get("last_metrics"), dict) else {}
+        metrics = " ".join(f"{k}={_number(v)}" for k, v in list(last.items())[:6] if k not in ("step", "epoch"))
+        state = status.get("state")
+        if state == "running" and _gone(status):
+            state = "gone (its process no longer exists: killed or crashed; last seen"
+            where = f") at step {status.get('step')}/{status.get('max_steps')}"
+        else:
+            where = f" at step {status.get('step')}/{status.get('max_steps')}"
+        print(f"{run_dir}: {state}{where}, epoch {_number(status.get('epoch') or 0, '.3f')}, updated "
+              f"{_number(age, '.0f')} s ago (pid {status.get('pid')} on {status.get('host')}, world size "
+              f"{status.get('world_size')})")
         if metrics:
             print(f"  last metrics: {metrics}")
         if status.get("endpoint"):
@@ -55,9 +69,14 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         print("  no checkpoints")
     for c in checkpoints:
         label = f"{c['name']!r} " if c["name"] else ""
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in c["metrics"].items() if k in ("loss", "reward", "eval_loss"))
+        metrics = " ".join(f"{k}={_number(v)}" for k, v in c["metrics"].items() if k in ("loss", "reward", "eval_loss"))
         validity = "valid" if c["valid"] else f"invalid: {c['why_not']}"
         print(f"  {c['checkpoint']:<20} {label}{c['reason'] or '-'} {metrics} ({validity})")
+
+
+def is_running(status: dict | None) -> bool:
+    """Whether `status` describes a training that is running now (as far as this machine can tell)."""
+    return status is not None and status.get("state") == "running" and not _gone(status)
 
 
 def _gone(status: dict) -> bool:
@@ -66,13 +85,13 @@ def _gone(status: dict) -> bool:
     import socket
 
     pid = status.get("pid")
-    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False  # another machine (shared filesystem): cannot tell, the request waits for it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return False
     return False
 
@@ -86,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "status":
         checkpoints = checkpoint_table(run_dir)
         if args.json:
-            print(json.dumps({"status": status, "checkpoints": checkpoints}, indent=2, default=str))
+            print(json.dumps({"status": status, "running": is_running(status), "checkpoints": checkpoints},
+                             indent=2, default=str))
         else:
             _print_status(run_dir, status, checkpoints)
-        return 0 if status is not None else 1
+        # 0: a training is running; 1: none is (never started with live control, finished, stopped or gone).
+        return 0 if is_running(status) else 1
     if status is None:
         return _fail(f"{run_dir}: no training with live control here (no control/status.json); start it with "
                      "scripts/train_grpo.py or add LiveControlCallback.", 1)

@@ -8,7 +8,10 @@
 
 Every route needs `Authorization: Bearer <token>` (the token is in RUN_DIR/control_token, mode 0600). Requests go
 through the same request files as `hf-trainkit control`, so both paths behave identically. Errors are JSON with a
-4xx status; nothing a client sends can reach the training loop other than a validated request file.
+4xx status (any method, any path: 401 before anything else, then 404/405); nothing a client sends can reach the
+training loop other than a validated request file. A client cannot wedge or flood it either: each connection has a
+10 s socket timeout, at most 8 are served at once (the rest get a JSON 503), bodies are capped and their JSON
+depth is limited, and a client that resets its connection costs nothing but a closed socket.
 """
 
 from __future__ import annotations
@@ -16,18 +19,42 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .control import ControlError, checkpoint_table, is_queued, read_response, submit_request
+from transformers.utils import logging
 
+from .control import ControlError, checkpoint_table, is_queued, parse_request_json, read_response, submit_request
+
+
+logger = logging.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+CONNECTION_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 8
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "hf-trainkit-control/1"
     server: "ControlServer"
+    timeout = CONNECTION_TIMEOUT_SECONDS  # a client that sends nothing (or half a request) is dropped after this
+
+    def __getattr__(self, name: str):
+        # Any method, known or not (PATCH, OPTIONS, BREW ...): the same auth check and JSON 404/405, never
+        # http.server's HTML 501 page.
+        if name.startswith("do_"):
+            return lambda: self._handle(name[3:])
+        raise AttributeError(name)
+
+    def send_error(self, code, message=None, explain=None):
+        # http.server's own errors (bad request line, header too long, ...) as JSON, like ours.
+        try:
+            self.close_connection = True
+            self.request_version = "HTTP/1.0"  # an unparsable request line counts as HTTP/0.9, which has no headers
+            self._reply(code, {"error": message or self.responses.get(code, ("error",))[0]})
+        except OSError:
+            pass
 
     def log_message(self, format, *args):  # no per-request lines in the training's console
         pass
@@ -52,19 +79,21 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # negative, non-numeric, several values: the body's end is unknown
+            self.close_connection = True
+            raise ControlError(f"Content-Length {text[:20]!r} is not a byte count")
+        length = int(text)
         if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the body stays unread: this connection cannot carry another request
             raise ControlError(f"body over {MAX_BODY_BYTES} bytes", status=413)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            self.close_connection = True
+            raise ControlError(f"body ended after {len(raw)} of {length} bytes")
         if not raw.strip():
             return {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ControlError("body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ControlError("body must be a JSON object")
-        return body
+        return parse_request_json(raw, "body")
 
     def _handle(self, method: str):
         try:
@@ -85,20 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(404, {"error": f"no route {path}"})
         except ControlError as error:
             self._reply(error.status, {"error": str(error)})
+        except (OSError, socket.timeout):
+            self.close_connection = True  # the client went away or stalled: nothing to answer
         except Exception as error:  # a request must never take the training down
             self._reply(500, {"error": f"{type(error).__name__}: {error}"})
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_PUT(self):
-        self._handle("PUT")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
 
     def _status(self):
         self._reply(200, self.server.status_provider())
@@ -136,11 +155,40 @@ class _Handler(BaseHTTPRequestHandler):
 class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, run_dir: str, token: str, status_provider, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, run_dir: str, token: str, status_provider, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS):
         super().__init__((host, port), _Handler)
         self.run_dir, self.token, self.status_provider = run_dir, token, status_provider
         self.accepting = True
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._thread = threading.Thread(target=self.serve_forever, name="hf-trainkit-control", daemon=True)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):  # full: answer at once instead of piling up threads
+            try:
+                body = json.dumps({"error": "too many connections; try again"}).encode()
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: " + str(len(body)).encode() + b"\r\nRetry-After: 1\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        # socketserver prints a traceback into the training's console; a reset or a stalled client is normal.
+        import sys
+
+        error = sys.exc_info()[1]
+        if not isinstance(error, (OSError, socket.timeout)):
+            logger.warning(f"Live control endpoint: a request from {client_address[0]} failed "
+                           f"({type(error).__name__}: {error}); training goes on.")
 
     @property
     def url(self) -> str:

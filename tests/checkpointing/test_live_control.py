@@ -166,3 +166,7 @@ def test_control_of_a_killed_training_says_it_is_gone(tmp_path):
     result = control("save", out, "--name", "late")
     assert result.returncode == 1 and "no longer running" in result.stderr
     assert not list((out / "control" / "requests").glob("*.json"))  # nothing left queued for a later run
+    status = control("status", out)  # the status file still says "running": the command checks the process
+    assert status.returncode == 1 and "gone (its process no longer exists" in status.stdout
+    assert "running at step" not in status.stdout
+    assert json.loads(control("status", out, "--json").stdout)["running"] is False

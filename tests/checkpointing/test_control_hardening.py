@@ -1,0 +1,198 @@
+"""Live control as an adversary tries it: hostile request files and HTTP clients never wedge, kill or escape a
+training; request files are fuzzed."""
+
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hf_trainkit.checkpointing.control import (RequestQueue, prepare_control_dir, read_status, submit_request,
+                                              write_token)
+
+from .test_live_control import control, http, training, wait_for_status  # noqa: F401  (fixture)
+
+
+def requests_dir(run: Path) -> Path:
+    return run / "control" / "requests"
+
+
+def plant_hostile_requests(run: Path, outside: Path) -> int:
+    """Request files no client of ours writes; returns how many."""
+    folder = requests_dir(run)
+    hostile = {
+        "1-escape.json": {"id": f"../../../{outside.name}/escaped", "action": "save"},
+        "2-absolute.json": {"id": str(outside / "absolute"), "action": "save"},
+        "3-slash.json": {"id": "a/b", "action": "save"},
+        "4-not-a-string.json": {"id": ["x"], "action": "save"},
+        "5-list.json": [1, 2, 3],
+    }
+    for name, content in hostile.items():
+        (folder / name).write_text(json.dumps(content))
+    (folder / "6-deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    (folder / "7-nested.json").write_text('{"id": "abc", "action": "save", "x": ' + "[" * 40 + "]" * 40 + "}")
+    (folder / "8-huge.json").write_bytes(b'{"id": "big", "action": "save", "pad": "' + b"x" * (1 << 20) + b'"}')
+    (folder / "9-binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (folder / "a-directory.json").mkdir()
+    os.mkfifo(folder / "b-fifo.json")
+    (folder / "c-symlink.json").symlink_to(outside / "target.json")
+    return 12
+
+
+def test_hostile_request_files_are_quarantined_and_the_good_one_is_applied(tmp_path):
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.json").write_text(json.dumps({"id": "abc", "action": "stop"}))
+    prepare_control_dir(run)
+    count = plant_hostile_requests(run, outside)
+    good = submit_request(run, "save", "good-one")
+    warnings, taken = [], []
+    queue = RequestQueue(run, warnings.append)
+
+    def drain():
+        while (request := queue.take()) is not None:
+            taken.append(request)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "reading the requests blocked (a FIFO?)"
+    assert [(r["id"], r["name"]) for r in taken] == [(good, "good-one")]
+    assert len(warnings) == count and all(w.startswith("Live control: ignored request") for w in warnings)
+    assert sorted(p.name for p in requests_dir(run).iterdir()) == []
+    assert len(list((run / "control" / "rejected").iterdir())) == count
+    # Nothing was written outside the run dir, and the symlink's target was never read as a request or changed.
+    assert sorted(p.name for p in outside.iterdir()) == ["target.json"]
+    assert not (tmp_path / "escaped.json").exists() and not list(tmp_path.glob("**/escaped*"))
+    assert sorted(p.name for p in (run / "control" / "responses").iterdir()) == [f"{good}.json"]
+
+
+request_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                 max_leaves=12).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"id": st.text(max_size=70), "action": st.sampled_from(["save", "stop", "x", None]),
+                           "name": st.one_of(st.none(), st.text(max_size=70))}).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bodies=st.lists(request_bodies, min_size=1, max_size=4))
+def test_fuzzed_request_files_never_raise_or_escape(tmp_path_factory, bodies):
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    prepare_control_dir(run)
+    for index, body in enumerate(bodies):
+        (requests_dir(run) / f"{index:04d}-fuzz.json").write_bytes(body)
+    queue = RequestQueue(run, warn=lambda message: None)
+    for _ in range(len(bodies) + 1):
+        request = queue.take()
+        if request is not None:
+            assert request["action"] in ("save", "stop")
+    assert list(requests_dir(run).iterdir()) == []  # every file applied, answered or quarantined
+    written = {p.relative_to(run).parts[:2] for p in run.rglob("*") if p.is_file()}
+    assert written <= {("control", "responses"), ("control", "rejected")}
+
+
+def test_token_file_never_follows_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "control_token").symlink_to(victim)
+    token = write_token(run)
+    assert victim.read_text() == "do not touch"
+    info = os.lstat(run / "control_token")
+    assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    assert (run / "control_token").read_text() == token
+
+
+def raw_http(port: int, payload: bytes, timeout: float = 15.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def status_and_json(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_hostile_http_clients_and_files_do_not_disturb_a_training(training, tmp_path):
+    out, process = training
+    status = wait_for_status(out, process)
+    url = status["endpoint"]["url"]
+    port = int(url.rsplit(":", 1)[1])
+    token = (out / "control_token").read_text()
+    auth = f"Authorization: Bearer {token}\r\n".encode()
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.json").write_text("{}")
+    planted = plant_hostile_requests(out, outside)
+
+    # A client that resets its connection mid-request.
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /save_checkpoint HTTP/1.1\r\nContent-Length: 50\r\n" + auth + b"\r\n{\"na")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    # Content-Length that is negative, not a number, too large; a body nested too deeply.
+    for length, expected in ((b"-1", 400), (b"abc", 400), (b"1000000000", 413)):
+        code, body = status_and_json(raw_http(port, b"POST /save_checkpoint HTTP/1.1\r\nHost: x\r\n" + auth +
+                                              b"Content-Length: " + length + b"\r\n\r\n{}"))
+        assert code == expected and "error" in body
+    deep = b"[" * 50_000 + b"]" * 50_000
+    code, body = status_and_json(raw_http(port, b"POST /save_checkpoint HTTP/1.1\r\n" + auth + b"Content-Length: " +
+                                          str(len(deep)).encode() + b"\r\n\r\n" + deep))
+    assert code == 413 and "error" in body
+    nested = b'{"name": ' + b"[" * 30 + b"]" * 30 + b"}"
+    code, body = status_and_json(raw_http(port, b"POST /save_checkpoint HTTP/1.1\r\n" + auth + b"Content-Length: " +
+                                          str(len(nested)).encode() + b"\r\n\r\n" + nested))
+    assert code == 400 and "nested" in body["error"]
+    # Unknown methods: JSON 401 without the token, JSON 405 with it; never http.server's HTML.
+    for method in (b"PATCH", b"BREW", b"OPTIONS"):
+        code, body = status_and_json(raw_http(port, method + b" /stop HTTP/1.1\r\n\r\n"))
+        assert code == 401 and "error" in body
+        code, body = status_and_json(raw_http(port, method + b" /stop HTTP/1.1\r\n" + auth + b"\r\n"))
+        assert code == 405 and "not allowed" in body["error"]
+    code, body = status_and_json(raw_http(port, b"GARBAGE\r\n\r\n"))
+    assert code == 400 and "error" in body
+    # Idle connections beyond the cap get a JSON 503 at once instead of a thread each.
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    time.sleep(0.5)
+    code, body = status_and_json(raw_http(port, b"GET /status HTTP/1.1\r\n" + auth + b"\r\n"))
+    assert code == 503 and "too many" in body["error"]
+    for sock in idle:
+        sock.close()
+    time.sleep(0.5)
+
+    # After all that the training still runs and still takes a real request.
+    assert process.poll() is None
+    code, body = http(f"{url}/save_checkpoint", "POST", token, {"name": "still-alive"})
+    assert code == 202
+    saved = control("save", out, "--name", "via-files")
+    assert saved.returncode == 0, saved.stderr
+    assert process.poll() is None
+    assert read_status(out)["state"] == "running"
+    assert len(list((out / "control" / "rejected").iterdir())) == planted
+    assert sorted(p.name for p in outside.iterdir()) == ["target.json"]
+    process.terminate()
+    process.wait(timeout=60)
+    log = (tmp_path / "training.log").read_text()
+    assert "Traceback" not in log and "Exception occurred during processing" not in log
+    assert log.count("Live control: ignored request") == planted
