@@ -68,13 +68,14 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
         powers = weight ** np.arange(block + 1, dtype=float)
         inverse = 1.0 / powers[:block]
         last = 0.0
-        for start in range(0, len(x), block):
-            chunk = x[start : start + block]
-            n = len(chunk)
-            raw = powers[1 : n + 1] * last + (1 - weight) * powers[:n] * np.cumsum(chunk * inverse[:n])
-            smoothed[start : start + n] = raw
-            last = raw[-1]
-        smoothed /= 1 - weight ** np.arange(1, len(x) + 1, dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):  # values near 1e308 smooth to inf, as they are
+            for start in range(0, len(x), block):
+                chunk = x[start : start + block]
+                n = len(chunk)
+                raw = powers[1 : n + 1] * last + (1 - weight) * powers[:n] * np.cumsum(chunk * inverse[:n])
+                smoothed[start : start + n] = raw
+                last = raw[-1]
+            smoothed /= 1 - weight ** np.arange(1, len(x) + 1, dtype=float)
     if bool(finite.all()):
         return smoothed.tolist()
     out = list(values)

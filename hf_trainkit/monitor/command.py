@@ -135,10 +135,10 @@ def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool,
         text += format_ranking(ranking_rows)
     written = list(figures)
     summary_txt = output_dir / "summary.txt"
-    summary_txt.write_text(text + "\n", encoding="utf-8")
+    summary_txt.write_text(text + "\n", encoding="utf-8", errors="backslashreplace")
     summary_json = output_dir / "summary.json"
     summary_json.write_text(json.dumps(_strict_json({"runs": summaries, "ranking": ranking_rows}), indent=2,
-                                       default=str, allow_nan=False), encoding="utf-8")
+                                       default=str, allow_nan=False), encoding="utf-8", errors="backslashreplace")
     written += [summary_txt, summary_json, write_report(output_dir / "report.html", summaries, figures, ranking_rows)]
     return written
 
@@ -154,6 +154,19 @@ def _strict_json(value):
     return value
 
 
+def prepare_output_dir(output_dir: Path):
+    """Create --output-dir and make sure files can be written there, before any run is read."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MonitorInputError(f"--output-dir {output_dir}: a file is there, not a directory.")
+    probe = output_dir / f".hf-trainkit-write-test-{os.getpid()}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise MonitorInputError(f"--output-dir {output_dir}: cannot write there ({error.strerror or error}).") from None
+
+
 def monitor_command(args) -> int:
     if args.labels and len(args.labels) != len(args.runs):
         raise MonitorInputError(f"--labels: {len(args.labels)} labels for {len(args.runs)} runs; give one per RUN.")
@@ -167,6 +180,7 @@ def monitor_command(args) -> int:
     if args.labels and labels is None:
         raise MonitorInputError(f"--labels: {len(args.labels)} labels but the RUN patterns expand to {len(paths)} runs.")
     output_dir = Path(args.output_dir)
+    prepare_output_dir(output_dir)
     show_progress = not args.no_progress
     while True:
         runs, errors = load_runs(paths, labels, show_progress)
@@ -193,6 +207,9 @@ def monitor_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = monitor_command_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # paths that are not UTF-8 (bytes from another system) still print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return monitor_command(args)
     except MonitorInputError as error:
@@ -202,3 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as error:  # writing the outputs failed midway (disk full, folder removed)
+        if os.environ.get("HF_TRAINKIT_DEBUG"):
+            raise
+        print(f"hf-trainkit monitor: cannot write to {args.output_dir} ({error.strerror or error}).", file=sys.stderr)
+        return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from ..constants import CHECKPOINT_PATTERN, TRAINER_STATE_NAME
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 KEY_ALIASES = {"lr": "learning_rate"}
+_LARGEST_STEP = 2 ** 53  # beyond it a step is no step (and no float holds it exactly)
+_LARGEST_FLOAT = 1.7976931348623157e308
 _NOT_METRICS = {"step", "epoch"}
 
 
@@ -73,8 +76,8 @@ class RunHistory:
     @property
     def global_step(self) -> int:
         step = self.state.get("global_step")
-        if isinstance(step, (int, float)) and not isinstance(step, bool):
-            return int(step)
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and abs(step) < _LARGEST_STEP:
+            return int(step)  # NaN fails the comparison: the steps logged decide then
         all_steps = [s for series in (*self.train.values(), *self.eval.values()) for s in series.steps]
         return int(max(all_steps)) if all_steps else 0
 
@@ -91,8 +94,10 @@ class RunHistory:
 
 def _number(value) -> float | None:
     """A float for numbers (NaN/inf kept), None for anything else (strings, null, bools, lists)."""
-    if type(value) is float or type(value) is int:  # not isinstance: bool is an int subclass
-        return float(value)
+    if type(value) is float:
+        return value
+    if type(value) is int:  # not isinstance: bool is an int subclass
+        return float(value) if -_LARGEST_FLOAT < value < _LARGEST_FLOAT else (math.inf if value > 0 else -math.inf)
     return None
 
 
@@ -110,10 +115,10 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
         if type(entry) is not dict:
             continue
         step = entry.get("step")
-        if type(step) is not int and (type(step) is not float or step != step):
-            step = index
+        if (type(step) is not int and type(step) is not float) or not -_LARGEST_STEP < step < _LARGEST_STEP:
+            step = index  # missing, a string, NaN, infinite or absurdly large
         epoch = entry.get("epoch")
-        if type(epoch) is not float and type(epoch) is not int:
+        if (type(epoch) is not float and type(epoch) is not int) or not -_LARGEST_STEP < epoch < _LARGEST_STEP:
             epoch = None
         if "train_runtime" in entry or "train_samples_per_second" in entry:
             for key, value in entry.items():
@@ -130,6 +135,8 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
         for key, value in entry.items():
             kind = type(value)
             if (kind is float or kind is int) and key not in skipped:
+                if kind is int and not -_LARGEST_FLOAT < value < _LARGEST_FLOAT:
+                    value = math.inf if value > 0 else -math.inf  # an integer no float can hold
                 series = table.get(key)
                 if series is None:
                     series = table[key] = Series()
@@ -159,6 +166,10 @@ def read_state_file(path: Path, label: str) -> RunHistory:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         where = f" (line {error.lineno} column {error.colno}: {error.msg})" if hasattr(error, "lineno") else ""
         raise MonitorInputError(f"{path}: not valid JSON{where}; truncated or still being written?") from None
+    except RecursionError:
+        raise MonitorInputError(f"{path}: JSON nested too deeply to be a trainer_state.json.") from None
+    except ValueError as error:  # an integer of thousands of digits (Python's int conversion limit)
+        raise MonitorInputError(f"{path}: unreadable JSON ({str(error)[:100]}).") from None
     return parse_state(data, path, label)
 
 
@@ -172,7 +183,10 @@ def _checkpoint_states(directory: Path) -> list[Path]:
 
 def default_label(path: Path) -> str:
     """The run's name: the output dir's, `output/checkpoint-60` -> `output/checkpoint-60`."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        path = path.absolute()
     if path.name == TRAINER_STATE_NAME:
         path = path.parent
     if CHECKPOINT_PATTERN.match(path.name):
@@ -191,6 +205,8 @@ def load_run(run: str | Path, label: str | None = None) -> RunHistory:
     gc.disable()
     try:
         return _load_run(Path(run), label)
+    except OSError as error:  # permission denied on a folder, a vanished file ...
+        raise MonitorInputError(f"{run}: cannot read ({error.strerror or error}).") from None
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -200,6 +216,8 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
     label = label or default_label(path)
     if path.is_file():
         return read_state_file(path, label)
+    if path.is_symlink() and not path.exists():
+        raise MonitorInputError(f"{path}: a broken symlink or a symlink loop.")
     if not path.exists():
         raise MonitorInputError(f"{path}: no such file or directory.")
     if not path.is_dir():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import re
+import sys
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +62,15 @@ def x_values(series: Series, axis: str, run: RunHistory):
     return steps
 
 
+def printable(text: str, limit: int = 80) -> str:
+    """Text matplotlib can draw: no control characters (a NUL in a key), no lone surrogates, not a page long."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def draw_series(ax, run: RunHistory, series: Series, color, label: str, axis: str, smooth: float, **style):
+    label = printable(label)
     if series.low is not None and series.high is not None:
         band_x = x_values(series, axis, run)
         ax.fill_between(band_x, series.low, series.high, color=color, alpha=0.15, linewidth=0)
@@ -93,6 +103,7 @@ class FigureWriter:
         return path
 
     def _axes_label(self, ax, title: str, ylabel: str):
+        title, ylabel = printable(title), printable(ylabel)
         ax.set_title(title)
         ax.set_xlabel({"step": "step", "epoch": "epoch", "time": "seconds (estimated)"}[self.x])
         ax.set_ylabel(ylabel)
@@ -168,6 +179,9 @@ class FigureWriter:
         fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
         color = self.colors[id(run)]
         steps, values = train.finite()
+        if len(values) < 2:
+            self.plt.close(fig)
+            return None
         ax = axes[0][0]
         draw_series(ax, run, train, color, f"train {key}", self.x, self.smooth)
         if eval_series is not None:
@@ -230,7 +244,14 @@ def keys_matching(runs: list[RunHistory], pattern: str) -> list[str]:
 
 
 def safe_file_name(key: str) -> str:
-    return key.replace("/", "_").replace(" ", "_") + ".png"
+    """A portable file name for a metric key: no '/', NUL or other odd characters, and short enough for any
+    filesystem (a long key keeps its start plus a hash, so two keys never share a file)."""
+    import hashlib
+
+    name = re.sub(r"[^A-Za-z0-9._=+-]", "_", key).strip(".") or "_"
+    if len(name) > 100 or name != key.replace("/", "_").replace(" ", "_"):
+        name = f"{name[:100]}-{hashlib.sha1(key.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return name + ".png"
 
 
 def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", smooth: float = 0.0,
@@ -253,8 +274,18 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
             tasks.append(lambda key=key: writer.metric_figure(
                 "metric_" + safe_file_name(key), key,
                 lambda r: _pick(r.eval if key in r.eval else r.train, key, "")))
+    import warnings
+
     for task in tasks:
-        task()
+        # One figure that cannot be drawn (values matplotlib rejects, a file it cannot write) costs that figure only.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # matplotlib's notes on log scales of non-positive data and such
+                task()
+        except (ValueError, OverflowError, OSError, RuntimeError, TypeError, IndexError, ZeroDivisionError) as error:
+            writer.plt.close("all")
+            first_line = (str(error).strip().splitlines() or [""])[0][:160]
+            print(f"hf-trainkit monitor: skipped a figure ({type(error).__name__}: {first_line}).", file=sys.stderr)
         if progress is not None:
             progress()
     return writer.written

@@ -43,5 +43,5 @@ def write_report(path: Path, summaries: list[dict], figures: list[Path], ranking
         parts.append(f"<h3>{html.escape(figure.stem)}</h3><img alt='{html.escape(figure.name)}' "
                      f"src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+    path.write_text("\n".join(parts), encoding="utf-8", errors="backslashreplace")
     return path
