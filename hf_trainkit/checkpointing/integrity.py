@@ -17,7 +17,6 @@ from pathlib import Path
 
 
 CHECKSUM_ALGORITHM = "xxh3_128"
-_CHUNK_BYTES = 8 << 20
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -26,19 +25,23 @@ _DEEPSPEED_MODEL_STATES = re.compile(r"(^|/)[^/]*model_states\.pt$")
 
 
 def file_checksum(path: str | os.PathLike) -> str:
-    """xxh3-128 of a file's bytes, as hex, read in 8 MiB chunks into one reused buffer."""
+    """xxh3-128 of a file's bytes, as hex: the same digest as `xxh128sum FILE`.
+
+    The file is memory-mapped and hashed in place (no copy into Python buffers: about twice as fast as reading it
+    in chunks, from the page cache where a save has just left it).
+    """
+    import mmap
+
     import xxhash
 
-    digest = xxhash.xxh3_128()
-    buffer = bytearray(_CHUNK_BYTES)
-    view = memoryview(buffer)
     with open(path, "rb") as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-    return digest.hexdigest()
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return xxhash.xxh3_128(b"").hexdigest()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            return xxhash.xxh3_128(mapped).hexdigest()
 
 
 def checksums(root: str | os.PathLike, relative_paths: list[str], workers: int | None = None) -> dict[str, str]:

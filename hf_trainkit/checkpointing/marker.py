@@ -76,3 +76,73 @@ def read_marker(checkpoint: str | os.PathLike) -> dict:
     except (OSError, ValueError, RecursionError):
         return {}
     return marker if isinstance(marker, dict) else {}
+
+
+def add_checksums(checkpoint: str | os.PathLike) -> bool:
+    """Hash every file the marker of `checkpoint` lists and write the marker again with the checksums. False (and
+    nothing written) when the marker changed meanwhile or a file is gone or has another size: a checkpoint being
+    rotated away or saved again is left as it is."""
+    root = Path(checkpoint)
+    marker = read_marker(root)
+    files = marker.get("files")
+    if not isinstance(files, dict) or "checksums" in marker:
+        return False
+    try:
+        digests = checksums(root, list(files))
+        if any((root / name).stat().st_size != size for name, size in files.items()):
+            return False
+    except OSError:
+        return False
+    if read_marker(root).get("written_at") != marker.get("written_at"):
+        return False
+    write_json_atomically(root / COMPLETE_MARKER, {**marker, "checksum_algorithm": CHECKSUM_ALGORITHM,
+                                                   "checksums": digests})
+    return True
+
+
+class BackgroundChecksums:
+    """Adds the checksums to each new marker in a worker thread, so a save costs training only the size listing.
+
+    A checkpoint is resumable (complete by sizes) as soon as its marker exists; its checksums follow about 0.1 s
+    per GB later (`benchmarks/checkpoint_checksum.py`). `then(checkpoint)` runs after, in the same thread (the
+    mirror push: the copy carries the checksums). `wait()` at the end of training.
+    """
+
+    def __init__(self):
+        import queue
+
+        self._queue: "queue.Queue" = queue.Queue()
+        self._worker = None
+        self.pending: set[str] = set()
+
+    def submit(self, checkpoint: str | os.PathLike, then=None):
+        import threading
+
+        self.pending.add(Path(checkpoint).name)
+        self._queue.put((Path(checkpoint), then))
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._drain, name="checkpoint-checksums", daemon=True)
+            self._worker.start()
+
+    def _drain(self):
+        import queue
+
+        while True:
+            try:
+                checkpoint, then = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                return
+            try:
+                add_checksums(checkpoint)
+                if then is not None:
+                    then(checkpoint)
+            except Exception as error:  # a checksum must never take training down
+                from transformers.utils import logging
+
+                logging.get_logger(__name__).warning(f"Could not add checksums to {checkpoint} ({error}).")
+            finally:
+                self.pending.discard(checkpoint.name)  # after `then`: the mirror has it in its own pending set
+                self._queue.task_done()
+
+    def wait(self):
+        self._queue.join()
