@@ -80,7 +80,6 @@ def test_lora_flag(tmp_path):
     [
         (["--mode", "nsrr"], "mode='nsrr' is not supported; use one of 'grpo', 'psr', 'nsr', 'w-reinforce'"),
         (["--mode", "psr", "--positive-weight", "-1"], "argument --positive-weight/--positive_weight: must be >= 0"),
-        (["--mode", "psr", "--dataset", "missing.jsonl"], "--dataset missing.jsonl: cannot be loaded"),
         (["--mode", "psr", "--reward-func", "nope"], "--reward-func 'nope' is neither a built-in"),
         (["--mode", "psr", "--per-device-train-batch-size", "6"], "must be a multiple of --num-generations 8"),
         (["--mode", "psr", "--max-steps", "0"], "--max-steps 0: use a positive number of steps"),
@@ -96,6 +95,14 @@ def test_lora_flag(tmp_path):
         (["--control-port", "70000"], "--control-port 70000: use 0-65535"),
         (["--max-steps", "2", "--checkpoint-metric", "rewrd", "--save-top-k", "1"], "'rewrd' was never logged"),
         (["--resume-from-checkpoint", "no-such-name"], "--resume-from-checkpoint no-such-name: no such directory"),
+        (["--dataset", "missing.jsonl"], "--dataset missing.jsonl: no such file or directory."),
+        (["--dataset", "./data/missing"], "--dataset ./data/missing: no such file or directory."),
+        (["--model", "/nonexistent"], "--model /nonexistent: no such file or directory."),
+        (["--learnig-rate", "1e-3"], "unrecognized arguments: --learnig-rate 1e-3 (did you mean --learning-rate?)"),
+        (["--set", "nosuch=1"], "--set nosuch=1: FilteredGRPOConfig has no field 'nosuch'"),
+        (["--set", "learning_rat=1"], "(did you mean learning_rate?)"),
+        (["--set", "learning_rate=1"], "--set learning_rate=1: learning_rate has a flag of its own, --learning-rate."),
+        (["--set", "beta"], "--set beta: use FIELD=VALUE"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message, capsys, monkeypatch):
@@ -112,10 +119,22 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message, capsys, monk
         except SystemExit as exit_:  # argparse
             code = exit_.code
         stderr = capsys.readouterr().err
+        assert len(stderr.strip().splitlines()) == 1, stderr  # one line: no usage block, no traceback
     assert code == 2
     assert message in stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "bad" / "trainer_state.json").exists()
+
+
+def test_trainer_settings_without_a_flag_of_their_own_reach_the_config(tmp_path):
+    from hf_trainkit.rl.train_grpo import _resolve_defaults, build_config, build_parser
+
+    args = build_parser().parse_args(["--mode", "nsr", "--output-dir", str(tmp_path / "o"), "--max-grad-norm", "0.5",
+                                      "--lr-scheduler-type", "cosine", "--warmup-steps", "0.1",
+                                      "--set", "gradient_checkpointing=True", "--set", "optim=adamw_torch"])
+    config = build_config(_resolve_defaults(args))
+    assert (config.max_grad_norm, config.warmup_steps, config.gradient_checkpointing) == (0.5, 0.1, True)
+    assert str(config.lr_scheduler_type.value) == "cosine" and str(config.optim.value) == "adamw_torch"
 
 
 def test_dataset_without_prompt_column(tmp_path):

@@ -44,6 +44,15 @@ def _number(value, spec: str = ".4g") -> str:
         return "?"
 
 
+def headline_metrics(metrics: dict, limit: int = 6) -> list[str]:
+    """The keys worth a status line, most telling first: the reward (RL runs), the losses, the mode metrics, then
+    the optimiser's; not the ~30 bookkeeping keys TRL logs (token counts, clip ratios, completion lengths)."""
+    first = ["reward", "loss", "eval_loss", "grad_norm", "learning_rate"]
+    modes = sorted(k for k in metrics if k.endswith(("/avg_reward", "/kept_ratio")))
+    keys = [k for k in first[:3] if k in metrics] + modes + [k for k in first[3:] if k in metrics]
+    return keys[:limit]
+
+
 def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
     if status is None:
         print(f"{run_dir}: no live status (not started with live control, or not started yet).")
@@ -51,7 +60,7 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         updated = status.get("updated_at")
         age = time.time() - updated if isinstance(updated, (int, float)) else float("nan")
         last = status.get("last_metrics") if isinstance(status.get("last_metrics"), dict) else {}
-        metrics = " ".join(f"{k}={_number(v)}" for k, v in list(last.items())[:6] if k not in ("step", "epoch"))
+        metrics = " ".join(f"{k}={_number(last[k])}" for k in headline_metrics(last))
         state = status.get("state")
         if state == "running" and _gone(status):
             state = "gone (its process no longer exists: killed or crashed; last seen"

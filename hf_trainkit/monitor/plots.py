@@ -81,7 +81,7 @@ def draw_series(ax, run: RunHistory, series: Series, color, label: str, axis: st
         # Smooth the full series, then thin it: smoothing the thinned min/max pairs would skew the curve.
         ax.plot(*decimate(all_x, ema(all_y, smooth)), color=color, label=label, linewidth=1.6, **style)
     else:
-        ax.plot(xs, ys, color=color, label=label, linewidth=1.4, **style)
+        ax.plot(xs, ys, color=color, label=label, **{"linewidth": 1.4, **style})
 
 
 class FigureWriter:
@@ -116,17 +116,29 @@ class FigureWriter:
         elif entries:
             ax.legend(fontsize=8)
 
-    def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]]) -> Path | None:
-        """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}."""
+    def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]],
+                      schedule: bool = False) -> Path | None:
+        """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}.
+
+        `schedule=True` (the learning rate): drawn raw, never smoothed (an EMA of a decaying schedule lags it: the
+        final rate would read many times too high), and each run with its own dash pattern and a thinner line than
+        the one before, so identical schedules of several runs all stay visible on top of each other.
+        """
         fig, ax = self.plt.subplots(figsize=(8, 4.5), layout="constrained")
         drawn = 0
-        for run in self.runs:
+        dashes = ["-", "--", ":", "-."]
+        for index, run in enumerate(self.runs):
             for suffix, series in pick(run).items():
                 if not len(series):
                     continue
                 label = run.label if not suffix else (f"{run.label} {suffix}" if len(self.runs) > 1 else suffix)
-                linestyle = "--" if suffix.startswith("eval") else "-"
-                draw_series(ax, run, series, self.colors[id(run)], label, self.x, self.smooth, linestyle=linestyle)
+                if schedule:
+                    style = {"linestyle": dashes[index % len(dashes)], "linewidth": max(2.6 - 0.5 * index, 0.8)}
+                    draw_series(ax, run, series, self.colors[id(run)], label, self.x, 0.0, **style)
+                else:
+                    linestyle = "--" if suffix.startswith("eval") else "-"
+                    draw_series(ax, run, series, self.colors[id(run)], label, self.x, self.smooth,
+                                linestyle=linestyle)
                 drawn += 1
         if not drawn:
             self.plt.close(fig)
@@ -260,7 +272,8 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
     writer = FigureWriter(runs, output_dir, x=x, smooth=smooth, log_y=log_y)
     tasks: list[Callable[[], object]] = [
         lambda: writer.metric_figure("training_loss.png", "Training loss", lambda r: _pick(r.train, "loss", "")),
-        lambda: writer.metric_figure("learning_rate.png", "Learning rate", lambda r: _pick(r.train, "learning_rate", "")),
+        lambda: writer.metric_figure("learning_rate.png", "Learning rate", lambda r: _pick(r.train, "learning_rate", ""),
+                                     schedule=True),
         lambda: writer.metric_figure("gradient_norm.png", "Gradient norm", lambda r: _pick(r.train, "grad_norm", "")),
         lambda: writer.metric_figure("rewards.png", "Reward", _rewards),
         writer.mode_metrics_figure,

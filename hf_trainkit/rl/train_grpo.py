@@ -79,7 +79,9 @@ def _mode(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ..argparsing import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(
         prog="train_grpo.py",
         description="Reward-filtered GRPO training (GRPO, PSR, NSR, W-REINFORCE). Without --model/--dataset it "
         "trains a tiny built-in model on a toy task on the CPU.",
@@ -125,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "max-completion-length", type=_positive_int, default=None, metavar="N",
           help="max new tokens per completion (default: 4 for the toy task, else 256)")
     _flag(train, "temperature", type=float, default=1.0, metavar="T", help="sampling temperature")
+    _flag(train, "max-grad-norm", type=_non_negative_float, default=None, metavar="X",
+          help="gradient clipping norm (0: no clipping; default: TRL's GRPOConfig, 1.0)")
+    _flag(train, "warmup-steps", type=_non_negative_float, default=None, metavar="N",
+          help="learning-rate warm-up: a number of steps, or a fraction of all steps if below 1 (default: TRL's)")
+    _flag(train, "lr-scheduler-type", default=None, metavar="TYPE",
+          help="learning-rate schedule: linear, cosine, constant, constant_with_warmup, ... (default: TRL's)")
+    _flag(train, "weight-decay", type=_non_negative_float, default=None, metavar="W", help="AdamW weight decay")
+    _flag(train, "set", action="append", default=[], metavar="FIELD=VALUE", dest="config_overrides",
+          help="any other field of FilteredGRPOConfig (TRL's GRPOConfig, transformers' TrainingArguments), e.g. "
+          "--set gradient_checkpointing=true --set optim=adamw_torch_fused --set adam_beta2=0.99; repeatable")
     _flag(train, "logging-steps", type=_positive_int, default=1, metavar="N", help="log every N steps")
     _flag(train, "log-completions", action="store_true", help="print a sample of completions at each log")
 
@@ -217,6 +229,9 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.reward_func = ["digit_rule" if args.dataset is None else "exact_answer"]
     if args.output_dir is None:
         args.output_dir = os.path.join("runs", f"{args.mode}-{args.seed}")
+    for flag, value in (("--model", args.model), ("--dataset", args.dataset)):
+        if value and looks_like_path(value) and not Path(value).expanduser().exists():
+            raise UsageError(f"{flag} {value}: no such file or directory.")
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps {args.max_steps}: use a positive number of steps, or -1 for whole epochs.")
     if args.model is not None and args.dataset is None and "digit_rule" not in args.reward_func:
@@ -236,6 +251,13 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def looks_like_path(value: str) -> bool:
+    """Whether a --model/--dataset value can only be a local path (a hub id is `name` or `org/name`): such a value
+    that does not exist is reported at once instead of after the hub's retries."""
+    return value.startswith(("/", "./", "../", "~", ".\\")) or value.count("/") > 1 or "\\" in value \
+        or value in (".", "..")
+
+
 def load_train_dataset(args: argparse.Namespace):
     """The toy dataset, or `--dataset` (hub id, saved directory, or data file) with a `prompt` column."""
     from ..toy import build_toy_dataset
@@ -246,6 +268,8 @@ def load_train_dataset(args: argparse.Namespace):
 
     path = Path(args.dataset)
     formats = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+    if not path.exists() and (looks_like_path(args.dataset) or path.suffix in formats):
+        raise UsageError(f"--dataset {args.dataset}: no such file or directory.")
     try:
         if path.is_file():
             if path.suffix not in formats:
@@ -282,7 +306,7 @@ def build_config(args: argparse.Namespace):
     else:
         # The limit is applied by ResumableCheckpointsCallback (by step, valid checkpoints only), not the Trainer.
         extra.update(save_strategy="steps", save_steps=args.save_steps)
-    return FilteredGRPOConfig(
+    settings = dict(
         output_dir=args.output_dir,
         mode=args.mode,
         reward_threshold=args.reward_threshold,
@@ -308,6 +332,40 @@ def build_config(args: argparse.Namespace):
         log_mode_summary=not args.quiet,
         **extra,
     )
+    for name in ("max_grad_norm", "warmup_steps", "lr_scheduler_type", "weight_decay"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    settings.update(config_overrides(args.config_overrides, set(settings)))
+    return FilteredGRPOConfig(**settings)
+
+
+def config_overrides(pairs: list[str], taken: set[str]) -> dict:
+    """`--set FIELD=VALUE` pairs as config fields; VALUE is read as JSON (true, 3, 0.5, ["a"]) or else as text."""
+    import dataclasses
+    import difflib
+    import json
+
+    from .filtered_grpo_config import FilteredGRPOConfig
+
+    fields = {f.name for f in dataclasses.fields(FilteredGRPOConfig) if f.init}
+    overrides = {}
+    for pair in pairs:
+        name, separator, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not separator or not name:
+            raise UsageError(f"--set {pair}: use FIELD=VALUE, e.g. --set beta=0.04.")
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"--set {pair}: FilteredGRPOConfig has no field {name!r}{hint}.")
+        if name in taken:
+            raise UsageError(f"--set {pair}: {name} has a flag of its own, --{name.replace('_', '-')}.")
+        try:
+            value = json.loads(text.lower() if text.lower() in ("true", "false", "null") else text)
+        except ValueError:
+            value = text
+        overrides[name] = value
+    return overrides
 
 
 def build_model_and_tokenizer(args: argparse.Namespace):

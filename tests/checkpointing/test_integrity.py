@@ -344,3 +344,29 @@ def test_a_full_mirror_makes_room_instead_of_staying_at_an_old_step(small_disk, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert CheckpointMirror(str(mirror / "copy")).complete_steps() == [6]
     assert inspect_checkpoint(mirror / "copy" / "checkpoint-6", verify=True).valid
+
+
+SIGNAL_SEQUENCE = """
+import os, signal, sys, time
+from transformers import TrainerControl, TrainerState, TrainingArguments
+from hf_trainkit.callbacks import ResumableCheckpointsCallback
+
+callback = ResumableCheckpointsCallback()
+callback.on_train_begin(TrainingArguments(output_dir=sys.argv[1], report_to=[], use_cpu=True), TrainerState(),
+                        TrainerControl())
+for name in sys.argv[2:]:
+    os.kill(os.getpid(), getattr(signal, name))
+    time.sleep(0.2)  # the handler runs: two signals sent at once would reach Python as one
+    print("after", name, "requested", callback.requested, "signal", callback.stop_signal, flush=True)
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once_and_a_launchers_sigterm_does_not(tmp_path):
+    """Real signals to a process holding the callback's handlers: Ctrl-C asks for a save and a stop; the SIGTERM a
+    launcher sends after a Ctrl-C does not cut that save short; a second Ctrl-C exits at once."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_SEQUENCE, str(tmp_path), "SIGINT", "SIGTERM", "SIGINT"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "after SIGINT requested 2 signal SIGINT" in done.stdout
+    assert "after SIGTERM requested 2 signal SIGINT" in done.stdout  # still saving, not gone
+    assert done.stdout.rstrip().endswith("Second SIGINT: exiting now, without saving.")

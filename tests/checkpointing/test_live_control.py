@@ -169,4 +169,5 @@ def test_control_of_a_killed_training_says_it_is_gone(tmp_path):
     status = control("status", out)  # the status file still says "running": the command checks the process
     assert status.returncode == 1 and "gone (its process no longer exists" in status.stdout
     assert "running at step" not in status.stdout
+    assert "last metrics: reward=" in status.stdout and "psr/avg_reward=" in status.stdout
     assert json.loads(control("status", out, "--json").stdout)["running"] is False

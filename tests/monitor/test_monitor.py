@@ -281,3 +281,31 @@ def test_monitor_training_script_forms(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "hf_trainkit.cli", "monitor", a.parent, "--output-dir",
                           tmp_path / "three"], capture_output=True, text=True, env=env)
     assert cli.returncode == 0 and (tmp_path / "three" / "report.html").exists()
+
+
+def test_learning_rate_is_drawn_raw_and_identical_schedules_stay_visible(tmp_path):
+    """A linear decay to 1e-6 drawn with --smooth 0.9: the line must end at the logged final rate (an EMA of it
+    would end many times higher), and two runs with the same schedule must differ in dash and width."""
+    from hf_trainkit.monitor.load import load_run
+    from hf_trainkit.monitor.plots import FigureWriter, _pick
+
+    steps = list(range(1, 201))
+    schedule = [1e-3 * (1 - s / 200) + 1e-6 for s in steps]
+    runs = []
+    for name in ("a", "b"):
+        history = [{"step": s, "loss": 1.0 / s, "learning_rate": lr} for s, lr in zip(steps, schedule)]
+        path = tmp_path / name / "trainer_state.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"global_step": 200, "log_history": history}))
+        runs.append(load_run(path))
+    writer = FigureWriter(runs, tmp_path / "plots", smooth=0.9)
+    captured = []
+    writer._save = lambda fig, name: captured.append(fig)
+    writer.metric_figure("learning_rate.png", "Learning rate", lambda r: _pick(r.train, "learning_rate", ""),
+                         schedule=True)
+    lines = [line for line in captured[0].axes[0].get_lines() if line.get_label() in ("a", "b")]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.get_ydata()[-1] == schedule[-1] and list(line.get_xdata()) == steps
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()
+    assert lines[0].get_linewidth() > lines[1].get_linewidth()
