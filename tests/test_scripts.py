@@ -173,3 +173,19 @@ def test_demo_and_cli(tmp_path):
     assert cli.returncode == 1 and "train-grpo" in cli.stderr
     help_text = run_script("-m", "hf_trainkit.cli", "train-grpo", "--help")
     assert help_text.returncode == 0 and "--reward-threshold" in help_text.stdout
+
+
+def test_run_log_keeps_the_console_lines(tmp_path):
+    out = tmp_path / "logged"
+    result = run_script(TRAIN, "--mode", "nsr", "--output-dir", out, "--max-steps", "3", "--no-save-checkpoints",
+                        "--no-loss-curve")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / "logs" / "train.log").read_text()
+    step_lines = [line for line in log.splitlines() if line.startswith("NSR [Step")]
+    assert step_lines == [line for line in result.stdout.splitlines() if line.startswith("NSR [Step")]
+    assert len(step_lines) == 3 and "\r" not in log
+    again = run_script(TRAIN, "--mode", "nsr", "--output-dir", out, "--max-steps", "3", "--no-save-checkpoints",
+                       "--no-loss-curve", "--no-resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (out / "logs" / "train.log").read_text()  # appended, one header per run
+    assert log.count("===== ") == 2 and sum(line.startswith("NSR [Step") for line in log.splitlines()) == 6

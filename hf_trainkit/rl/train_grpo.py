@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
           "(default with wandb: 1)")
     _flag(logging_group, "run-name", default=None, metavar="NAME", help="run name for the integrations")
     _flag(logging_group, "quiet", action="store_true", help="do not print the per-step mode line")
+    _flag(logging_group, "no-run-log", action="store_true",
+          help="do not copy the console into OUTPUT_DIR/logs/train.log")
     _flag(logging_group, "no-loss-curve", action="store_true",
           help="do not write img/loss_curve.png, img/reward_curve.png and training_stats.json at the end")
     _flag(logging_group, "no-diagnostics", action="store_true",
@@ -527,7 +529,6 @@ def pull_from_mirror(args: argparse.Namespace, config, callbacks: list):
 
 def run(args: argparse.Namespace):
     """Train as `args` says and return the trainer (None when the run had already finished)."""
-    from .filtered_grpo_trainer import FilteredGRPOTrainer
     from .rewards import resolve_reward_func
 
     args = _resolve_defaults(args)
@@ -548,6 +549,16 @@ def run(args: argparse.Namespace):
         print(f"{args.output_dir} already holds a finished run (training_complete.json): nothing to train. "
               "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
         return None
+    from ..run_log import console_log
+
+    # The main process keeps what it prints from here on in OUTPUT_DIR/logs/train.log.
+    with console_log(args.output_dir, enabled=config.process_index == 0 and not args.no_run_log):
+        return _train(args, config, reward_funcs, callbacks, checkpoint)
+
+
+def _train(args: argparse.Namespace, config, reward_funcs: list, callbacks: list, checkpoint: str | None):
+    from .filtered_grpo_trainer import FilteredGRPOTrainer
+
     if checkpoint:
         print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(args)
