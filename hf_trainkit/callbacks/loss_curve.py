@@ -62,35 +62,51 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
     }
 
 
+def _per_log_label(key: str, steps: list) -> str:
+    """'loss per step', or 'loss per log (every 20 steps)' when logs are that far apart."""
+    gaps = sorted(b - a for a, b in zip(steps, steps[1:]) if isinstance(a, (int, float)) and isinstance(b, (int, float)))
+    every = gaps[len(gaps) // 2] if gaps else 1
+    return f"{key} per step" if every <= 1 else f"{key} per log (every {every:g} steps)"
+
+
 def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None, title: str):
-    """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), per-epoch average segments and a box of
-    figures; save to `path`. Returns the figure (closed) so callers can inspect what was drawn."""
+    """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), per-epoch average segments, the legend
+    beside the plot and the figures in one line under it (neither covers a data point); save to `path`. Returns the
+    figure (closed) so callers can inspect what was drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     key = stats["key"]
-    ax.plot(stats["steps"], stats["values"], color="tab:blue", linewidth=1.2, label=f"{key} per step")
+    ax.plot(stats["steps"], stats["values"], color="tab:blue", linewidth=1.2,
+            label=_per_log_label(key, stats["steps"]))
     for step in stats["epoch_boundaries"]:
         ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, gid=EPOCH_LINE_GID)
     for segment in stats["epoch_averages"]:
         ax.hlines(segment["average"], segment["first_step"], segment["last_step"], colors="tab:orange",
                   linewidth=2.2, label="epoch average" if segment is stats["epoch_averages"][0] else None)
-    box = [f"total steps: {total_steps}", f"epochs: {epochs:.2f}" if epochs is not None else "epochs: -",
-           f"best {key}: {stats['best']:.4g} (step {stats['best_step']})" if stats["best"] is not None else "",
-           f"final {key}: {stats['final']:.4g}"]
-    ax.text(0.99, 0.98, "\n".join(line for line in box if line), transform=ax.transAxes, ha="right", va="top",
-            fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    figures = [f"total steps: {total_steps}", f"epochs: {epochs:.2f}" if epochs is not None else "epochs: -",
+               f"best {key}: {stats['best']:.4g} (step {stats['best_step']})" if stats["best"] is not None else "",
+               f"final {key}: {stats['final']:.4g}"]
     ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step\n" + "   ·   ".join(line for line in figures if line))
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return fig
+
+
+def curve_titles(mode: str | None) -> dict[str, str]:
+    """Figure titles. GRPO's loss is ~0 by construction (advantages are centred per group), so its loss figure says
+    to look at the reward; PSR/NSR/W-REINFORCE losses are not, and say nothing of the kind."""
+    loss = "Training loss"
+    if mode == "grpo":
+        loss += " (GRPO's loss is ~0 by construction: the reward is what moves)"
+    return {"loss_curve.png": loss, "reward_curve.png": "Reward" + (f" ({mode.upper()})" if mode else "")}
 
 
 class LossCurveCallback(TrainerCallback):
@@ -106,6 +122,7 @@ class LossCurveCallback(TrainerCallback):
 
     def __init__(self, output_dir: str | None = None):
         self.output_dir = output_dir
+        self.titles: dict[str, str] = {}  # image name -> title, of the last write
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -139,9 +156,13 @@ class LossCurveCallback(TrainerCallback):
             json.dump(stats, handle, indent=2)
         image_dir = os.path.join(output_dir, IMAGE_DIR)
         os.makedirs(image_dir, exist_ok=True)
-        for curve, name, title in ((loss, "loss_curve.png", "Training loss"),
-                                   (reward, "reward_curve.png", "Reward (the GRPO loss is ~0 by construction)")):
+        # An RL run without a `mode` (TRL's own GRPOTrainer) is GRPO.
+        mode = getattr(args, "mode", None) or ("grpo" if reward else None)
+        titles = curve_titles(str(mode).replace("_", "-") if mode else None)
+        self.titles = {}
+        for curve, name in ((loss, "loss_curve.png"), (reward, "reward_curve.png")):
             if curve:
                 plot_curve(curve, os.path.join(image_dir, name), total_steps=state.global_step, epochs=epochs,
-                           title=title)
+                           title=titles[name])
+                self.titles[name] = titles[name]
         return stats

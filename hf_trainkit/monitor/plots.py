@@ -154,6 +154,9 @@ class FigureWriter:
             for run in self.runs:
                 if key in run.train:
                     draw_series(ax, run, run.train[key], self.colors[id(run)], run.label, self.x, self.smooth)
+            if not ax.lines:  # a mode none of these runs trained with: say so instead of an empty frame
+                ax.text(0.5, 0.5, f"no data: no run logged {key}", ha="center", va="center", transform=ax.transAxes,
+                        color="grey")
             self._axes_label(ax, title, key)
         ax = axes.flat[3]
         for run in self.runs:

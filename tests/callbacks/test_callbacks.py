@@ -112,6 +112,30 @@ def test_loss_curve_images_and_stats(make_trainer):
     assert [line.get_xdata()[0] for line in boundaries] == [5, 9]
 
 
+def test_loss_curve_legend_and_figures_never_cover_the_data():
+    """The legend and the figures sit outside the plotting area; labels say how often the run logged; only GRPO's
+    loss figure speaks of a loss that is ~0 by construction."""
+    import tempfile
+
+    from hf_trainkit.callbacks.loss_curve import curve_titles
+
+    history = [{"step": s, "loss": 2.0 - s / 200, "epoch": s / 100} for s in range(20, 201, 20)]
+    with tempfile.TemporaryDirectory() as folder:
+        figure = plot_curve(curve_stats(history, "loss"), str(Path(folder) / "c.png"), total_steps=200, epochs=2.0,
+                            title="t")
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    plot_area = ax.get_window_extent()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= plot_area.x1  # beside the plot, not on it
+    assert all(not text.get_window_extent().overlaps(plot_area) for text in ax.texts)
+    assert "final loss: 1" in ax.get_xlabel() and "best loss: 1" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "loss per log (every 20 steps)"
+    assert "GRPO" in curve_titles("grpo")["loss_curve.png"]
+    for mode in ("psr", "nsr", "w-reinforce"):
+        assert "GRPO" not in " ".join(curve_titles(mode).values())
+
+
 def test_plot_failure_does_not_stop_training(make_trainer, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     trainer = make_trainer("psr", max_steps=3, callbacks=[LossCurveCallback()], log_mode_summary=False)

@@ -309,3 +309,22 @@ def test_learning_rate_is_drawn_raw_and_identical_schedules_stay_visible(tmp_pat
         assert line.get_ydata()[-1] == schedule[-1] and list(line.get_xdata()) == steps
     assert lines[0].get_linestyle() != lines[1].get_linestyle()
     assert lines[0].get_linewidth() > lines[1].get_linewidth()
+
+
+def test_mode_panels_without_data_say_so(tmp_path):
+    from hf_trainkit.monitor.load import load_run
+    from hf_trainkit.monitor.plots import FigureWriter
+
+    history = [{"step": s, "loss": -1.0, "reward": s / 10, "psr/positive_ratio": s / 10, "psr/avg_reward": 1.0}
+               for s in range(1, 10)]
+    path = tmp_path / "psr" / "trainer_state.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"global_step": 9, "log_history": history}))
+    writer = FigureWriter([load_run(path)], tmp_path / "plots")
+    captured = []
+    writer._save = lambda fig, name: captured.append(fig)
+    writer.mode_metrics_figure()
+    texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in captured[0].axes}
+    assert texts["PSR positive ratio"] == []
+    assert texts["NSR negative ratio"] == ["no data: no run logged nsr/negative_ratio"]
+    assert texts["W-REINFORCE positives per negative"] == ["no data: no run logged w_reinforce/pos_neg_ratio"]
