@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,20 @@ def test_run_log_keeps_the_console_lines(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     log = (out / "logs" / "train.log").read_text()  # appended, one header per run
     assert log.count("===== ") == 2 and sum(line.startswith("NSR [Step") for line in log.splitlines()) == 6
+
+
+def test_console_is_the_mode_line_per_step_and_a_short_metrics_line_per_log(tmp_path):
+    out = tmp_path / "console"
+    result = run_script(TRAIN, "--mode", "w-reinforce", "--output-dir", out, "--max-steps", "20", "--logging-steps",
+                        "5", "--no-save-checkpoints", "--no-loss-curve")
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    mode_lines = re.findall(r"^W-REINFORCE \[Step (\d+)\]: (\d+) pos \(λ=0\.1\) \+ (\d+) neg \(λ=1\.0\) \| "
+                            r"Avg reward: -?\d+\.\d{3}$", console, flags=re.M)
+    assert [int(step) for step, _, _ in mode_lines] == list(range(20))
+    assert all(int(p) + int(n) == 16 for _, p, n in mode_lines)
+    metric_lines = [line for line in console.splitlines() if re.match(r"\[Step \d+\] loss ", line)]
+    assert [line.split("]")[0] for line in metric_lines] == ["[Step 5", "[Step 10", "[Step 15", "[Step 20"]
+    assert all("| reward " in line and "grad_norm" in line for line in metric_lines)
+    assert "'completions/mean_length'" not in console and "{'loss'" not in console
+    assert len(console.encode()) < 12_000, len(console.encode())

@@ -181,22 +181,27 @@ def compute_mode_advantages(
     return ModeAdvantages(advantages=advantages, keep=keep, stats=stats)
 
 
-def format_mode_line(mode: str, step: int, stats: dict[str, float]) -> str:
-    """The per-step console line, e.g. ``NSR [Step 12]: 2/4 negative samples | Avg reward: 0.000``.
+def format_mode_line(mode: str, step: int, stats: dict[str, float], *, positive_weight: float = 0.1,
+                     negative_weight: float = 1.0) -> str:
+    """The per-step console line, in the paper's code's words:
 
-    ``Avg reward`` is the mean reward of the samples that enter the loss (``avg_reward``); the batch mean follows.
+        PSR [Step 3]: 5/16 positive samples | Avg reward: 1.000 | Batch reward: 0.312
+        NSR [Step 12]: 2/4 negative samples | Avg reward: 0.000 | Batch reward: 0.500
+        W-REINFORCE [Step 0]: 2 pos (λ=0.1) + 2 neg (λ=1.0) | Avg reward: 3.421
+        GRPO [Step 0]: 2/4 positive, 2/4 negative | Avg reward: 0.500
+
+    ``Avg reward`` is the mean reward of the samples that enter the loss (``avg_reward``); PSR and NSR keep part of
+    the batch, so the batch mean follows (the modes that keep every sample would repeat it).
     """
     mode = canonical_mode(mode)
     total = int(stats["total_samples"])
-    counted = {
-        "psr": ("positive", stats["positive_samples"]),
-        "nsr": ("negative", stats["negative_samples"]),
-    }.get(mode)
-    if counted is None:
-        head = f"{int(stats['positive_samples'])}/{total} positive, {int(stats['negative_samples'])}/{total} negative"
-    else:
-        head = f"{int(counted[1])}/{total} {counted[0]} samples"
-    return (
-        f"{mode.upper()} [Step {step}]: {head} | Avg reward: {stats['avg_reward']:.3f}"
-        f" | Batch reward: {stats['batch_reward']:.3f}"
-    )
+    positives, negatives = int(stats["positive_samples"]), int(stats["negative_samples"])
+    tail = f" | Avg reward: {stats['avg_reward']:.3f}"
+    if mode == "psr":
+        return f"PSR [Step {step}]: {positives}/{total} positive samples{tail} | Batch reward: {stats['batch_reward']:.3f}"
+    if mode == "nsr":
+        return f"NSR [Step {step}]: {negatives}/{total} negative samples{tail} | Batch reward: {stats['batch_reward']:.3f}"
+    if mode == "w-reinforce":
+        return (f"W-REINFORCE [Step {step}]: {positives} pos (λ={float(positive_weight)}) + {negatives} neg "
+                f"(λ={float(negative_weight)}){tail}")
+    return f"{mode.upper()} [Step {step}]: {positives}/{total} positive, {negatives}/{total} negative{tail}"

@@ -122,6 +122,10 @@ class FilteredGRPOTrainer(GRPOTrainer):
                 "build one with FilteredGRPOConfig(mode=..., **your_grpo_config_kwargs)."
             )
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        if args.log_mode_summary:  # the mode line per step, then a short metrics line per log (not a 35-key dict)
+            from ..callbacks.console import use_compact_console
+
+            use_compact_console(self.callback_handler)
         self._last_rewards_per_func: torch.Tensor | None = None
         self._starved_batches = 0
         self._warned_non_row_aligned = False
@@ -180,7 +184,9 @@ class FilteredGRPOTrainer(GRPOTrainer):
                 self._metrics[mode][f"{prefix}/{name}"].append(result.stats[name])
         if mode == "train":
             if args.log_mode_summary and self.accelerator.is_main_process:
-                print(format_mode_line(args.mode, self.state.global_step, result.stats), flush=True)
+                print(format_mode_line(args.mode, self.state.global_step, result.stats,
+                                       positive_weight=args.positive_weight, negative_weight=args.negative_weight),
+                      flush=True)
             self._check_starvation(result.stats, rewards)
         return output
 

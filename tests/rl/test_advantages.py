@@ -130,3 +130,8 @@ def test_console_line():
     )
     out = compute_mode_advantages(torch.tensor([-1.0, 1.0, -1.0, 1.0]), "nsr")
     assert format_mode_line("nsr", 12, out.stats).startswith("NSR [Step 12]: 2/4 negative samples | Avg reward: -1.000")
+    # The paper's code's W-REINFORCE line, with the weights the run uses; Avg reward over every kept sample.
+    rewards = [5.0, 4.0, 1.842, 2.842]
+    out = compute_mode_advantages(torch.tensor(rewards), "w-reinforce", threshold=3.0)
+    assert format_mode_line("w_reinforce", 0, out.stats, positive_weight=0.1, negative_weight=1.0) == (
+        f"W-REINFORCE [Step 0]: 2 pos (λ=0.1) + 2 neg (λ=1.0) | Avg reward: {sum(rewards) / 4:.3f}")
