@@ -115,6 +115,7 @@ class CheckpointPolicyCallback(ResumableCheckpointsCallback):
         return False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
         if not self.monitor or not logs or "train_runtime" in logs:
             return
         raw = logs.get(self.monitor)

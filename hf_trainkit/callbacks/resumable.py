@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..checkpointing.discover import list_checkpoints
-from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker,
+from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker, read_marker,
                                     write_complete_marker, write_json_atomically)
 from ..checkpointing.set_aside import set_aside_checkpoints
 from ..checkpointing.policy import pinned_names
@@ -123,6 +123,8 @@ class ResumableCheckpointsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._checked_resume = False
+        self._segment_start = time.time()
+        self._runtime_before, self._segments_before = 0.0, 0
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return
         for signum in (*STOP_SIGNALS, getattr(signal, "SIGUSR1", None)):
@@ -144,6 +146,11 @@ class ResumableCheckpointsCallback(TrainerCallback):
         if getattr(self, "_checked_resume", True):
             return
         self._checked_resume = True
+        if state.global_step > 0:  # resumed: the training time of the segments before, as the checkpoint recorded it
+            saved = read_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            if isinstance(saved.get("train_runtime_so_far"), (int, float)):
+                self._runtime_before = float(saved["train_runtime_so_far"])
+                self._segments_before = int(saved.get("segments") or 1)
         if state.is_world_process_zero and saving_enabled(args):
             self._set_aside_other_timelines(args, state)
         barrier()  # no rank saves before the folders are out of the way
@@ -263,6 +270,10 @@ class ResumableCheckpointsCallback(TrainerCallback):
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
             "metrics": metrics,
+            # Training time up to this save over every segment (a resumed run's own train_runtime counts only its
+            # last segment): the next segment continues from it.
+            "train_runtime_so_far": self._runtime_before + time.time() - getattr(self, "_segment_start", time.time()),
+            "segments": self._segments_before + 1,
         }
         # Saved again at the same step (a named save right after an interval save): keep its name and pin.
         previous = self._invalidated.get(checkpoint.name) or {}
@@ -287,6 +298,13 @@ class ResumableCheckpointsCallback(TrainerCallback):
 
     def _deletions(self, checkpoints: list, protected: set[str]) -> list:
         return checkpoints_to_delete(checkpoints, self.save_total_limit, protected)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The end-of-training summary: add the time of every segment (transformers' train_runtime is this call's).
+        if logs and isinstance(logs.get("train_runtime"), (int, float)) and state.log_history \
+                and state.log_history[-1].get("train_runtime") == logs["train_runtime"]:
+            state.log_history[-1]["total_train_runtime"] = round(self._runtime_before + logs["train_runtime"], 4)
+            state.log_history[-1]["train_segments"] = self._segments_before + 1
 
     # --- the end ----------------------------------------------------------------------------------------------------
 

@@ -57,7 +57,8 @@ def x_values(series: Series, axis: str, run: RunHistory):
         return [e if e is not None else math.nan for e in series.epochs]
     if axis == "time":
         # trainer_state.json has no wall clock per entry: spread train_runtime evenly over the steps.
-        runtime, last = run.summary.get("train_runtime"), run.global_step or 1
+        runtime = run.summary.get("total_train_runtime", run.summary.get("train_runtime"))
+        last = run.global_step or 1
         return steps * ((runtime / last) if runtime else 1.0)
     return steps
 

@@ -41,7 +41,9 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
         "global_step": run.global_step,
         "max_steps": run.state.get("max_steps"),
         "epochs": run.last_epoch(),
-        "runtime_seconds": run.summary.get("train_runtime"),
+        # A resumed run's train_runtime is its last segment's; hf_trainkit records the sum of all of them.
+        "runtime_seconds": run.summary.get("total_train_runtime", run.summary.get("train_runtime")),
+        "segments": int(run.summary.get("train_segments") or 1),
         "rl": run.is_rl,
         "loss": loss,
         "final_learning_rate": _stats(run.train.get("learning_rate")).get("final"),
@@ -87,8 +89,9 @@ def _fmt(value, digits: int = 4) -> str:
 def format_summary(summary: dict) -> str:
     lines = [f"== {summary['label']} ({summary['source']})"]
     steps = f"{summary['global_step']}" + (f"/{summary['max_steps']}" if summary.get("max_steps") else "")
+    segments = summary.get("segments") or 1
     lines.append(f"steps: {steps}   epochs: {_fmt(summary['epochs'], 3)}   runtime: "
-                 f"{_fmt(summary['runtime_seconds'], 5)} s")
+                 f"{_fmt(summary['runtime_seconds'], 5)} s" + (f" ({segments} segments)" if segments > 1 else ""))
     loss = summary["loss"]
     if "final" in loss:
         reduction = summary.get("loss_reduction_percent")

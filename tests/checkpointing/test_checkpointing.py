@@ -124,9 +124,15 @@ def test_finished_run_is_not_trained_again(run_copy):
     result = train(run_copy, "--max-steps", 6, "--save-steps", 2)
     assert result.returncode == 0 and "already holds a finished run" in result.stdout
     assert (run_copy / "trainer_state.json").read_bytes() == before
+    first_runtime = json.loads(before)["log_history"][-1]["train_runtime"]
     longer = train(run_copy, "--max-steps", 8, "--save-steps", 2)
     assert longer.returncode == 0 and f"Resuming from {run_copy / 'checkpoint-6'}" in longer.stdout
     assert [c[0] for c in curves(run_copy)] == list(range(1, 9))
+    # The summary counts both segments' time (transformers' train_runtime is the last segment's only).
+    summary = json.loads((run_copy / "trainer_state.json").read_text())["log_history"][-1]
+    assert summary["train_segments"] == 2
+    assert abs(summary["total_train_runtime"] - (first_runtime + summary["train_runtime"])) < 1.0
+    assert summary["total_train_runtime"] > summary["train_runtime"] + 0.5 * first_runtime
 
 
 def test_copied_run_with_scrambled_mtimes_resumes_identically(tmp_path):

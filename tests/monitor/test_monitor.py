@@ -328,3 +328,18 @@ def test_mode_panels_without_data_say_so(tmp_path):
     assert texts["PSR positive ratio"] == []
     assert texts["NSR negative ratio"] == ["no data: no run logged nsr/negative_ratio"]
     assert texts["W-REINFORCE positives per negative"] == ["no data: no run logged w_reinforce/pos_neg_ratio"]
+
+
+def test_runtime_of_a_resumed_run_counts_every_segment(tmp_path):
+    from hf_trainkit.monitor.load import load_run
+    from hf_trainkit.monitor.summary import format_summary, summarize
+
+    history = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
+               {"step": 2, "train_runtime": 10.0, "train_loss": 0.7, "total_train_runtime": 25.0,
+                "train_segments": 3}]
+    path = tmp_path / "run" / "trainer_state.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"global_step": 2, "log_history": history}))
+    summary = summarize(load_run(path))
+    assert summary["runtime_seconds"] == 25.0 and summary["segments"] == 3
+    assert "runtime: 25 s (3 segments)" in format_summary(summary)
