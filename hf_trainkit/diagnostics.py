@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 
-VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "diverged", "too short")
+VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "collapsed", "diverged", "too short")
 # Relative change of the smoothed curve over its last quarter above which a run is "still improving".
 IMPROVING_FRACTION = 0.02
 # Share of the first-to-best improvement a run must have made to be called "converged" rather than "plateau".
@@ -20,6 +20,8 @@ CONVERGED_FRACTION = 0.10
 # Robust z-score (median/MAD over the trailing window) above which a point is a spike.
 SPIKE_Z = 6.0
 SPIKE_WINDOW = 20
+# A smoothed curve that gave back more than this share of its gain (first -> best) has collapsed.
+COLLAPSE_FRACTION = 0.5
 # Eval worse than its best by this share of the train improvement, while train still improves: overfitting.
 OVERFIT_FRACTION = 0.05
 # Live-only finding: the reward filter keeps nothing.
@@ -36,6 +38,8 @@ ADVICE = {
     "minimum), add data, regularise (weight decay, dropout, LoRA rank) or lower the learning rate.",
     "unstable": "The curve has spikes: lower the learning rate, enable or tighten gradient clipping "
     "(--max-grad-norm), or raise the batch size.",
+    "collapsed": "The metric improved, then lost most of that gain: lower the learning rate (or for RL raise beta, "
+    "the KL weight), and resume from the checkpoint at its best (--checkpoint-metric with --save-top-k keeps it).",
     "diverged": "The run blew up (non-finite values or far worse than at the start): lower the learning rate, "
     "check for bad data, and resume from a checkpoint before the divergence.",
     "too short": "Too few logged points to judge: log more often (--logging-steps) or train longer.",
@@ -142,7 +146,9 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     robust standard deviations (median/MAD) of the trailing `window` points before them.
 
     The scale never falls below 1% of the curve's whole range, so a loss resting near 0 (MAD ~ 0) does not turn
-    every wiggle into a spike. Vectorised: histories of 100k+ points take milliseconds.
+    every wiggle into a spike; nor, for a curve of few distinct values (an RL reward averaging 0/1 rewards over a
+    batch of n: multiples of 1/n), below two of its steps, so a saturated reward's 1.0 -> 0.9375 is no spike.
+    Vectorised: histories of 100k+ points take milliseconds.
     """
     import numpy as np
 
@@ -152,6 +158,9 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     if len(x) <= minimum:
         return []
     floor = max(0.01 * float(x.max() - x.min()), 1e-12)
+    distinct = np.unique(x)
+    if 1 < len(distinct) <= max(2, len(x) // 4):  # quantised values: batch means of discrete rewards
+        floor = max(floor, 2.0 * float(np.diff(distinct).min()))
     medians = np.empty(len(x))
     mads = np.empty(len(x))
     # Points minimum..window-1 see a shorter history; the rest a full window (a strided view, no copy).
@@ -265,6 +274,17 @@ def diagnose(
                   else f"smoothed {name} went from {first:.4g} to {final:.4g}, far worse than at the start")
         return Diagnosis("diverged", reason, ADVICE["diverged"], numbers, findings)
 
+    gain = improvement(first, best, mode)
+    given_back = improvement(final, best, mode)  # how far the end is from the best, the wrong way
+    if gain > CONVERGED_FRACTION * max(abs(first), abs(best), 1e-12) and given_back > COLLAPSE_FRACTION * gain:
+        best_step = finite_steps[smooth.index(best)]
+        numbers.update(best_step=best_step, given_back_of_gain=given_back / gain)
+        return Diagnosis(
+            "collapsed",
+            f"smoothed {name} reached {best:.4g} at step {best_step:g}, then fell back to {final:.4g}: "
+            f"{given_back / gain:.0%} of its gain since the start ({first:.4g}) is lost",
+            ADVICE["collapsed"], numbers, findings)
+
     eval_pairs = [(s, v) for s, v in zip(eval_steps, eval_values) if is_finite(v)]
     if len(eval_pairs) >= 3:
         eval_only = [v for _, v in eval_pairs]
@@ -284,16 +304,16 @@ def diagnose(
         return Diagnosis("unstable", f"{len(spikes)} spikes in {len(finite_values)} points (robust z > {SPIKE_Z:g})",
                          ADVICE["unstable"], numbers, findings)
     if abs(total_change) <= CONVERGED_FRACTION:
-        return Diagnosis("plateau", f"smoothed {name} changed by only {total_change:+.1%} ({first:.4g} -> {final:.4g})",
+        return Diagnosis("plateau", f"smoothed {name} changed by only {final - first:+.4g} ({first:.4g} -> {final:.4g})",
                          ADVICE["plateau"], numbers, findings)
     if recent_change > IMPROVING_FRACTION:
         return Diagnosis(
             "still improving",
-            f"smoothed {name} improved by {recent_change:.0%} of its total gain over the last quarter "
-            f"({quarter:.4g} -> {final:.4g})",
+            f"smoothed {name} went from {first:.4g} to {final:.4g}; the last quarter alone brought "
+            f"{recent_change:.0%} of that gain ({quarter:.4g} -> {final:.4g})",
             ADVICE["still improving"], numbers, findings)
     return Diagnosis(
         "converged",
-        f"smoothed {name} went from {first:.4g} to {final:.4g} ({total_change:+.0%}) and changed by less than "
-        f"{IMPROVING_FRACTION:.0%} of that over the last quarter",
+        f"smoothed {name} went from {first:.4g} to {final:.4g} ({final - first:+.4g}) and the last quarter brought "
+        f"less than {IMPROVING_FRACTION:.0%} of that change",
         ADVICE["converged"], numbers, findings)

@@ -95,3 +95,41 @@ def test_steps_since_improvement():
     assert steps_since_improvement([5, 4, 3, 3.1, 3.05, 3.2], mode="min") == 3
     assert steps_since_improvement([1, 2, 3], mode="max") == 0
     assert steps_since_improvement([1.0, 0.999, 0.998], mode="min", min_delta=0.01) == 2
+
+
+def binomial_batch_means(probabilities, batch, seed=0):
+    """What an RL run logs as `reward`: the mean of `batch` 0/1 rewards drawn with the given success rates."""
+    rng = random.Random(seed)
+    return [sum(rng.random() < p for _ in range(batch)) / batch for p in probabilities]
+
+
+def test_batch_means_of_0_1_rewards_are_not_spikes_but_a_real_drop_is():
+    steps = list(range(1, 301))
+    rewards = binomial_batch_means([min(0.97, 0.2 + s / 150) for s in steps], batch=16)
+    assert find_spikes(steps, rewards, "reward", mode="max") == []
+    assert diagnose(steps, rewards, mode="max", name="reward").verdict != "unstable"
+    dropped = rewards[:250] + [0.0] + rewards[251:]  # one batch with nothing right, amid ~0.95
+    spikes = find_spikes(steps, dropped, "reward", mode="max")
+    assert [finding.step for finding in spikes] == [251]
+
+
+def test_a_reward_that_rose_and_fell_back_has_collapsed_not_converged():
+    steps = list(range(1, 201))
+    reward = [0.3 + 0.3 * min(s, 100) / 100 - (0.3 * (s - 100) / 100 if s > 100 else 0) for s in steps]
+    result = diagnose(steps, reward, mode="max", name="reward")
+    assert result.verdict == "collapsed"
+    assert "raise the learning rate" not in result.advice and "lower the learning rate" in result.advice
+    assert "step 101" in result.reason and "%" in result.reason
+    # The percentage it prints is the share of the gain lost, computed plainly from the smoothed curve:
+    smooth = ema(reward, 0.6)
+    lost = (max(smooth) - smooth[-1]) / (max(smooth) - smooth[0])
+    assert f"{lost:.0%} of its gain" in result.reason
+
+
+def test_changes_are_reported_as_differences_not_as_percentages_of_something_else():
+    steps = list(range(1, 101))
+    reward = [0.125 + 0.66 * (1 - math.exp(-s / 10)) for s in steps]
+    result = diagnose(steps, reward, mode="max", name="reward")
+    assert result.verdict == "converged"
+    assert "%)" not in result.reason.split("and the last quarter")[0]
+    assert f"({result.numbers['final'] - result.numbers['first']:+.4g})" in result.reason

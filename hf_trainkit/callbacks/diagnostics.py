@@ -57,6 +57,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         self.ema_value: float | None = None
         self.ema_count = 0
         self.best_smoothed: float | None = None
+        self.first_smoothed: float | None = None
         self.logs_since_improvement = 0
         self.train_ema: float | None = None
         self.best_eval: float | None = None
@@ -69,7 +70,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
                      "min_delta": self.min_delta, "smoothing": self.smoothing, "window": self.window,
                      "z_threshold": self.z_threshold, "starvation_logs": self.starvation_logs},
             "attributes": {k: getattr(self, k) for k in (
-                "findings", "active", "recent", "ranges", "ema_value", "ema_count", "best_smoothed",
+                "findings", "active", "recent", "ranges", "ema_value", "ema_count", "best_smoothed", "first_smoothed",
                 "logs_since_improvement", "train_ema", "best_eval", "train_ema_at_best_eval", "starved_logs")},
         }
 
@@ -107,13 +108,25 @@ class TrainingDiagnosticsCallback(StatefulCallback):
     def _check_plateau(self, state, key: str, mode: str, value: float):
         self.ema_value, self.ema_count, smoothed = dx.ema_step(self.ema_value or 0.0, self.ema_count, value,
                                                                self.smoothing)
+        if self.first_smoothed is None:
+            self.first_smoothed = smoothed
         threshold = self.min_delta * abs(self.best_smoothed) if self.best_smoothed is not None else 0.0
         if self.best_smoothed is None or dx.improvement(self.best_smoothed, smoothed, mode) > threshold:
             self.best_smoothed, self.logs_since_improvement = smoothed, 0
             self._clear("plateau")
+            self._clear("collapse")
             return
         self.logs_since_improvement += 1
-        if self.logs_since_improvement >= self.patience:
+        gain = dx.improvement(self.first_smoothed, self.best_smoothed, mode)
+        lost = dx.improvement(smoothed, self.best_smoothed, mode)
+        # Not a plateau: most of the gain is gone, for long enough that it is no spike (the spike check has those).
+        if gain > 0 and lost > dx.COLLAPSE_FRACTION * gain and self.logs_since_improvement >= min(self.patience, 10):
+            self._report(state, "collapse", "collapse",
+                         f"collapse at step {state.global_step}: smoothed {key} fell from its best "
+                         f"{self.best_smoothed:.4g} to {smoothed:.4g}, losing {lost / gain:.0%} of its gain since "
+                         f"the start ({self.first_smoothed:.4g})",
+                         dx.ADVICE["collapsed"])
+        elif self.logs_since_improvement >= self.patience:
             self._report(state, "plateau", "plateau",
                          f"plateau at step {state.global_step}: smoothed {key} has not improved by more than "
                          f"{self.min_delta:.0%} for {self.logs_since_improvement} logs (best {self.best_smoothed:.4g}, "

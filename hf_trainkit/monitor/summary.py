@@ -52,7 +52,9 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
         "best_metric": run.state.get("best_metric"),
         "best_model_checkpoint": run.state.get("best_model_checkpoint"),
     }
-    if loss.get("first") not in (None, 0) and "final" in loss:
+    # An RL loss is not a quantity that should fall (GRPO's is ~0 by construction, PSR/NSR's follow the kept
+    # samples): a "reduction" of it means nothing, so only supervised runs get one.
+    if not run.is_rl and loss.get("first") not in (None, 0) and "final" in loss:
         summary["loss_reduction_percent"] = 100.0 * (loss["first"] - loss["final"]) / abs(loss["first"])
     if run.is_rl:
         key, _ = monitored_metric(run)
@@ -70,7 +72,12 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
         series.steps, series.values, mode=mode, name=key, smoothing=smoothing,
         eval_steps=eval_series.steps if eval_series else (), eval_values=eval_series.values if eval_series else (),
     )
-    summary["monitored"] = {"key": key, "mode": mode}
+    # What a comparison ranks by: the mean of the last 10% of logs (at least 5), not the last batch, which in RL is
+    # one batch's luck.
+    finite = [v for v in series.values if is_finite(v)]
+    tail = finite[-max(5, len(finite) // 10):]
+    summary["monitored"] = {"key": key, "mode": mode, "final_mean": sum(tail) / len(tail) if tail else None,
+                            "final_mean_of": len(tail)}
     summary["diagnosis"] = {
         "verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,
         "numbers": diagnosis.numbers, "findings": [finding.message for finding in diagnosis.findings[:10]],
@@ -114,13 +121,9 @@ def format_summary(summary: dict) -> str:
 
 
 def monitored_final(summary: dict) -> float | None:
-    """The final value of the run's monitored metric (reward, loss or eval loss), or None."""
-    monitored = summary.get("monitored")
-    if not monitored:
-        return None
-    key = monitored["key"]
-    stats = summary["reward"] if summary["rl"] else (summary["loss"] if key == "loss" else summary["eval_loss"])
-    final = stats.get("final")
+    """The final level of the run's monitored metric (reward, loss or eval loss): the mean of its last 10% of logs
+    (at least 5), so that one lucky or unlucky last batch does not decide a ranking. None when there is none."""
+    final = (summary.get("monitored") or {}).get("final_mean")
     return final if is_finite(final) else None
 
 
@@ -139,8 +142,8 @@ def ranking(summaries: list[dict]) -> list[dict]:
 
 
 def format_ranking(rows: list[dict]) -> str:
-    lines = ["rank  run                              metric            final       verdict"]
+    lines = ["rank  run                              metric            final (mean of last 10%)  verdict"]
     for row in rows:
         lines.append(f"{row['rank']:>4}  {row['label'][:32]:<32} {str(row['metric'])[:16]:<16} "
-                     f"{_fmt(row['final']):>10}   {row['verdict']}")
+                     f"{_fmt(row['final']):>24}  {row['verdict']}")
     return "\n".join(lines)

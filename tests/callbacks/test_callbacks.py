@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from hf_trainkit.diagnostics import ema
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hf_trainkit.callbacks import (LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
@@ -186,6 +188,19 @@ def test_nan_and_plateau_and_starvation():
     kinds, _ = drive(TrainingDiagnosticsCallback(patience=500, starvation_logs=5), [0.5] * 12, key="reward",
                      extra=lambda step: {"psr/kept_ratio": 0.0})
     assert kinds.count("starved") == 1
+
+
+def test_a_collapsing_reward_is_a_collapse_not_a_plateau():
+    """A reward that rises to 0.8 and falls back to 0.1: the advice is to lower the learning rate, never to raise it."""
+    rise_and_fall = [0.1 + 0.7 * min(s, 60) / 60 - (0.7 * (s - 60) / 30 if s > 60 else 0) for s in range(90)]
+    kinds, callback = drive(TrainingDiagnosticsCallback(patience=20), rise_and_fall, key="reward")
+    assert kinds == ["collapse"]
+    finding = callback.findings[0]
+    assert "lower the learning rate" in finding["advice"] and "raise the learning rate" not in finding["advice"]
+    # Reported during the fall, once the smoothed reward has lost half of its gain (computed plainly here):
+    smooth = ema(rise_and_fall, 0.6)
+    gain = max(smooth) - smooth[0]
+    assert 61 < finding["step"] <= 90 and max(smooth) - smooth[finding["step"] - 1] > 0.5 * gain
 
 
 def test_overfitting_from_eval_logs():

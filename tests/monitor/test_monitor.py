@@ -66,7 +66,7 @@ def test_every_corpus_file_loads_and_summarises(path):
         assert summary["loss"]["final"] == finite[-1]
         assert summary["loss"]["min"] == min(finite)
     assert summary["diagnosis"]["verdict"] in (
-        "converged", "still improving", "plateau", "overfitting", "unstable", "diverged", "too short")
+        "converged", "still improving", "plateau", "overfitting", "unstable", "collapsed", "diverged", "too short")
 
 
 @needs_corpus
@@ -103,7 +103,7 @@ def test_rl_verdict_is_based_on_the_reward(tmp_path):
     state = write_state(tmp_path / "run" / "trainer_state.json", history)
     assert monitor_main([str(state), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]
-    assert summary["monitored"] == {"key": "reward", "mode": "max"}
+    assert (summary["monitored"]["key"], summary["monitored"]["mode"]) == ("reward", "max")
     assert summary["diagnosis"]["verdict"] == "converged"
     assert (tmp_path / "out" / "mode_metrics.png").exists()
 
@@ -343,3 +343,23 @@ def test_runtime_of_a_resumed_run_counts_every_segment(tmp_path):
     summary = summarize(load_run(path))
     assert summary["runtime_seconds"] == 25.0 and summary["segments"] == 3
     assert "runtime: 25 s (3 segments)" in format_summary(summary)
+
+
+def test_rl_ranking_uses_the_final_level_not_the_last_batch_and_no_loss_reduction(tmp_path):
+    """A steady 0.6 run whose last batch was lucky (1.0) against a steady 0.8 run whose last was unlucky (0.4): the
+    last value would rank them the wrong way round."""
+    def history(level, last):
+        rewards = [level] * 39 + [last]
+        return [{"step": s + 1, "loss": 0.01 * (s % 3), "reward": r} for s, r in enumerate(rewards)]
+
+    for name, level, last in (("lucky", 0.6, 1.0), ("steady", 0.8, 0.4)):
+        write_state(tmp_path / name / "trainer_state.json", history(level, last))
+    out = tmp_path / "cmp"
+    assert monitor_main([str(tmp_path / "lucky"), str(tmp_path / "steady"), "--output-dir", str(out),
+                         "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["label"] for r in summary["ranking"]] == ["steady", "lucky"]
+    assert summary["ranking"][0]["final"] == pytest.approx((0.8 * 4 + 0.4) / 5)  # the last 10% (at least 5 logs)
+    assert summary["ranking"][1]["final"] == pytest.approx((0.6 * 4 + 1.0) / 5)
+    assert all("loss_reduction_percent" not in run for run in summary["runs"])
+    assert "reduction" not in (out / "summary.txt").read_text()
