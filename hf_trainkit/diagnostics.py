@@ -304,7 +304,8 @@ def diagnose(
         return Diagnosis("unstable", f"{len(spikes)} spikes in {len(finite_values)} points (robust z > {SPIKE_Z:g})",
                          ADVICE["unstable"], numbers, findings)
     if abs(total_change) <= CONVERGED_FRACTION:
-        return Diagnosis("plateau", f"smoothed {name} changed by only {final - first:+.4g} ({first:.4g} -> {final:.4g})",
+        return Diagnosis("plateau",
+                         f"smoothed {name} changed by only {final - first:+.4g} ({first:.4g} -> {final:.4g})",
                          ADVICE["plateau"], numbers, findings)
     if recent_change > IMPROVING_FRACTION:
         return Diagnosis(

@@ -64,7 +64,8 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
 
 def _per_log_label(key: str, steps: list) -> str:
     """'loss per step', or 'loss per log (every 20 steps)' when logs are that far apart."""
-    gaps = sorted(b - a for a, b in zip(steps, steps[1:]) if isinstance(a, (int, float)) and isinstance(b, (int, float)))
+    numeric = [s for s in steps if isinstance(s, (int, float))]
+    gaps = sorted(b - a for a, b in zip(numeric, numeric[1:]))
     every = gaps[len(gaps) // 2] if gaps else 1
     return f"{key} per step" if every <= 1 else f"{key} per log (every {every:g} steps)"
 

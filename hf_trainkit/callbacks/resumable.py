@@ -173,8 +173,9 @@ class ResumableCheckpointsCallback(TrainerCallback):
             checkpoints = [n for n in moved.names if n != TRAINING_COMPLETE]
             listed = ", ".join(checkpoints[:4]) + (" ..." if len(checkpoints) > 4 else "")
             record = f" and {TRAINING_COMPLETE}" if TRAINING_COMPLETE in moved.names else ""
-            logger.warning(f"Moved {len(checkpoints)} checkpoint(s) newer than step {state.global_step} ({listed}){record} "
-                           f"to {moved.folder}: they belong to another run or were damaged; nothing was deleted.")
+            logger.warning(f"Moved {len(checkpoints)} checkpoint(s) newer than step {state.global_step} ({listed})"
+                           f"{record} to {moved.folder}: they belong to another run or were damaged; nothing was "
+                           "deleted.")
         if self.mirror is not None:
             try:
                 self.mirror.set_aside(after_step=state.global_step, stamp=moved.stamp if moved else None)

@@ -131,7 +131,8 @@ def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool,
     ranking_rows = ranking(summaries) if len(runs) > 1 else None
     text = "\n\n".join(format_summary(summary) for summary in summaries)
     if ranking_rows:
-        text += "\n\n== ranking (by the mean of the last 10% of logs of " + ", ".join(sorted({str(r["metric"]) for r in ranking_rows})) + ")\n"
+        metrics = ", ".join(sorted({str(row["metric"]) for row in ranking_rows}))
+        text += f"\n\n== ranking (by the mean of the last 10% of logs of {metrics})\n"
         text += format_ranking(ranking_rows)
     written = list(figures)
     summary_txt = output_dir / "summary.txt"

@@ -276,8 +276,8 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
     writer = FigureWriter(runs, output_dir, x=x, smooth=smooth, log_y=log_y)
     tasks: list[Callable[[], object]] = [
         lambda: writer.metric_figure("training_loss.png", "Training loss", lambda r: _pick(r.train, "loss", "")),
-        lambda: writer.metric_figure("learning_rate.png", "Learning rate", lambda r: _pick(r.train, "learning_rate", ""),
-                                     schedule=True),
+        lambda: writer.metric_figure("learning_rate.png", "Learning rate",
+                                     lambda r: _pick(r.train, "learning_rate", ""), schedule=True),
         lambda: writer.metric_figure("gradient_norm.png", "Gradient norm", lambda r: _pick(r.train, "grad_norm", "")),
         lambda: writer.metric_figure("rewards.png", "Reward", _rewards),
         writer.mode_metrics_figure,

@@ -197,10 +197,11 @@ def format_mode_line(mode: str, step: int, stats: dict[str, float], *, positive_
     total = int(stats["total_samples"])
     positives, negatives = int(stats["positive_samples"]), int(stats["negative_samples"])
     tail = f" | Avg reward: {stats['avg_reward']:.3f}"
+    batch = f" | Batch reward: {stats['batch_reward']:.3f}"
     if mode == "psr":
-        return f"PSR [Step {step}]: {positives}/{total} positive samples{tail} | Batch reward: {stats['batch_reward']:.3f}"
+        return f"PSR [Step {step}]: {positives}/{total} positive samples{tail}{batch}"
     if mode == "nsr":
-        return f"NSR [Step {step}]: {negatives}/{total} negative samples{tail} | Batch reward: {stats['batch_reward']:.3f}"
+        return f"NSR [Step {step}]: {negatives}/{total} negative samples{tail}{batch}"
     if mode == "w-reinforce":
         return (f"W-REINFORCE [Step {step}]: {positives} pos (λ={float(positive_weight)}) + {negatives} neg "
                 f"(λ={float(negative_weight)}){tail}")
