@@ -85,7 +85,7 @@ def mutated_state(draw):
 
 
 @needs_corpus
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=mutated_state(), metrics=st.sampled_from([[], ["*"], ["x*", "a*"]]))
 def test_fuzzed_corpus_files_give_plots_or_one_line_errors(data, metrics):
     with tempfile.TemporaryDirectory() as folder:
