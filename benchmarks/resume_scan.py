@@ -45,6 +45,10 @@ def build(root: Path, count: int) -> Path:
         (target / "trainer_state.json").write_text(json.dumps(state))
         marker = json.loads((template / "hf_trainkit_complete.json").read_text())
         marker["files"]["trainer_state.json"] = (target / "trainer_state.json").stat().st_size
+        if "checksums" in marker:  # the state was rewritten for this step: so is its checksum
+            from hf_trainkit.checkpointing.integrity import file_checksum
+
+            marker["checksums"]["trainer_state.json"] = file_checksum(target / "trainer_state.json")
         (target / "hf_trainkit_complete.json").unlink()
         (target / "hf_trainkit_complete.json").write_text(json.dumps(marker))
     newest = out / f"checkpoint-{count}"
@@ -75,14 +79,16 @@ def main(argv=None) -> int:
         out = build(Path(root), options.checkpoints)
         rows = []
         for name, function in (("transformers get_last_checkpoint", get_last_checkpoint),
-                               ("hf_trainkit find_resume_checkpoint",
+                               ("hf_trainkit find_resume_checkpoint (sizes only)",
+                                lambda d: find_resume_checkpoint(d, warn=False, verify=False)),
+                               ("hf_trainkit find_resume_checkpoint (default: + checksums, pickles)",
                                 lambda d: find_resume_checkpoint(d, warn=False))):
             times = []
             for _ in range(options.repeats):
                 start = time.perf_counter()
                 picked = function(str(out))
                 times.append(time.perf_counter() - start)
-            valid = picked is not None and inspect_checkpoint(picked).valid
+            valid = picked is not None and inspect_checkpoint(picked, verify=True).valid
             rows.append((name, min(times), Path(picked).name if picked else None, valid))
     print(f"# {options.checkpoints} checkpoints (the newest ones damaged), mtimes scrambled; best of "
           f"{options.repeats}")
