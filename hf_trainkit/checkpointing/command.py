@@ -16,16 +16,17 @@ def _size(num_bytes: int) -> str:
     return str(num_bytes)
 
 
-def _number_text(value) -> str:
+def format_number(value, spec: str = ".4g") -> str:
+    """`value` formatted as a float, or '?' for what is none (an integer of thousands of digits, a string)."""
     try:
-        return f"{float(value):.4g}"
-    except (OverflowError, TypeError, ValueError):  # an integer with thousands of digits, a string
+        return format(float(value), spec)
+    except (OverflowError, TypeError, ValueError):
         return "?"
 
 
 def _metrics_text(metrics: dict, limit: int = 3) -> str:
     keys = [k for k in ("loss", "reward", "eval_loss") if k in metrics] or list(metrics)
-    return " ".join(f"{str(k)[:24]}={_number_text(metrics[k])}" for k in keys[:limit]
+    return " ".join(f"{str(k)[:24]}={format_number(metrics[k])}" for k in keys[:limit]
                     if isinstance(metrics[k], (int, float)))
 
 

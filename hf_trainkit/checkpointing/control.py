@@ -242,11 +242,6 @@ class RequestQueue:
             self._ignored.add(file_name)
 
 
-def take_next_request(run_dir: str | os.PathLike, warn=print) -> dict | None:
-    """Remove and return the oldest well-formed request; see `RequestQueue`."""
-    return RequestQueue(run_dir, warn).take()
-
-
 def reject_pending(run_dir: str | os.PathLike, why: str, warn=print) -> int:
     """Answer every queued request as rejected (a new training starts: they were meant for an earlier one)."""
     count = 0

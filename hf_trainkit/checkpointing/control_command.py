@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .command import format_number
 from .control import ControlError, checkpoint_table, read_response, read_status, submit_request
 
 
@@ -37,13 +38,6 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _number(value, spec: str = ".4g") -> str:
-    try:
-        return format(float(value), spec)
-    except (TypeError, ValueError, OverflowError):
-        return "?"
-
-
 def headline_metrics(metrics: dict, limit: int = 6) -> list[str]:
     """The keys worth a status line, most telling first: the reward (RL runs), the losses, the mode metrics, then
     the optimiser's; not the ~30 bookkeeping keys TRL logs (token counts, clip ratios, completion lengths)."""
@@ -60,15 +54,15 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         updated = status.get("updated_at")
         age = time.time() - updated if isinstance(updated, (int, float)) else float("nan")
         last = status.get("last_metrics") if isinstance(status.get("last_metrics"), dict) else {}
-        metrics = " ".join(f"{k}={_number(last[k])}" for k in headline_metrics(last))
+        metrics = " ".join(f"{k}={format_number(last[k])}" for k in headline_metrics(last))
         state = status.get("state")
         if state == "running" and _gone(status):
             state = "gone (its process no longer exists: killed or crashed; last seen"
             where = f") at step {status.get('step')}/{status.get('max_steps')}"
         else:
             where = f" at step {status.get('step')}/{status.get('max_steps')}"
-        print(f"{run_dir}: {state}{where}, epoch {_number(status.get('epoch') or 0, '.3f')}, updated "
-              f"{_number(age, '.0f')} s ago (pid {status.get('pid')} on {status.get('host')}, world size "
+        print(f"{run_dir}: {state}{where}, epoch {format_number(status.get('epoch') or 0, '.3f')}, updated "
+              f"{format_number(age, '.0f')} s ago (pid {status.get('pid')} on {status.get('host')}, world size "
               f"{status.get('world_size')})")
         if metrics:
             print(f"  last metrics: {metrics}")
@@ -78,7 +72,7 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         print("  no checkpoints")
     for c in checkpoints:
         label = f"{c['name']!r} " if c["name"] else ""
-        metrics = " ".join(f"{k}={_number(v)}" for k, v in c["metrics"].items() if k in ("loss", "reward", "eval_loss"))
+        metrics = " ".join(f"{k}={format_number(v)}" for k, v in c["metrics"].items() if k in ("loss", "reward", "eval_loss"))
         validity = "valid" if c["valid"] else f"invalid: {c['why_not']}"
         print(f"  {c['checkpoint']:<20} {label}{c['reason'] or '-'} {metrics} ({validity})")
 

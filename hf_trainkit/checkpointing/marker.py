@@ -7,8 +7,9 @@ import os
 import time
 from pathlib import Path
 
+from .background import BackgroundWorker
 from .integrity import CHECKSUM_ALGORITHM, checksums, required_files
-from .validate import COMPLETE_MARKER, STALE_MARKER
+from .validate import COMPLETE_MARKER, STALE_MARKER, UNLOADABLE_MARKER
 
 
 def write_json_atomically(path: Path, data: dict, durable: bool = True):
@@ -69,6 +70,14 @@ def invalidate_marker(checkpoint: str | os.PathLike) -> dict:
     return previous
 
 
+def mark_unloadable(path: str | os.PathLike, error: str):
+    """Record in the checkpoint that loading it failed, so the next resume skips it at once (nothing is deleted)."""
+    try:
+        (Path(path) / UNLOADABLE_MARKER).write_text(json.dumps({"error": error, "at": time.time()}))
+    except OSError:
+        pass
+
+
 def read_marker(checkpoint: str | os.PathLike) -> dict:
     """The completion marker of `checkpoint`, or {} when it has none (or an unreadable or malformed one)."""
     try:
@@ -100,49 +109,19 @@ def add_checksums(checkpoint: str | os.PathLike) -> bool:
     return True
 
 
-class BackgroundChecksums:
+class BackgroundChecksums(BackgroundWorker):
     """Adds the checksums to each new marker in a worker thread, so a save costs training only the size listing.
 
     A checkpoint is resumable (complete by sizes) as soon as its marker exists; its checksums follow about 0.1 s
-    per GB later (`benchmarks/checkpoint_checksum.py`). `then(checkpoint)` runs after, in the same thread (the
-    mirror push: the copy carries the checksums). `wait()` at the end of training.
+    per GB later (`benchmarks/checkpoint_checksum.py`). `submit(checkpoint, then=push)` runs `then` after, in the
+    same thread (the mirror push: the copy carries the checksums). `wait()` at the end of training.
     """
 
     def __init__(self):
-        import queue
+        super().__init__(add_checksums, _warn_checksums_failed, name="checkpoint-checksums")
 
-        self._queue: "queue.Queue" = queue.Queue()
-        self._worker = None
-        self.pending: set[str] = set()
 
-    def submit(self, checkpoint: str | os.PathLike, then=None):
-        import threading
+def _warn_checksums_failed(checkpoint: Path, error: Exception):
+    from transformers.utils import logging
 
-        self.pending.add(Path(checkpoint).name)
-        self._queue.put((Path(checkpoint), then))
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._drain, name="checkpoint-checksums", daemon=True)
-            self._worker.start()
-
-    def _drain(self):
-        import queue
-
-        while True:
-            try:
-                checkpoint, then = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                return
-            try:
-                add_checksums(checkpoint)
-                if then is not None:
-                    then(checkpoint)
-            except Exception as error:  # a checksum must never take training down
-                from transformers.utils import logging
-
-                logging.get_logger(__name__).warning(f"Could not add checksums to {checkpoint} ({error}).")
-            finally:
-                self.pending.discard(checkpoint.name)  # after `then`: the mirror has it in its own pending set
-                self._queue.task_done()
-
-    def wait(self):
-        self._queue.join()
+    logging.get_logger(__name__).warning(f"Could not add checksums to {checkpoint} ({error}).")

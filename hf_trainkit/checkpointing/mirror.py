@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import errno
 import posixpath
-import queue
 import re
-import threading
 from pathlib import Path
 
 from transformers.utils import logging
 
+from .background import BackgroundWorker
 from .validate import COMPLETE_MARKER, CHECKPOINT_PATTERN
 
 
@@ -35,9 +34,7 @@ class CheckpointMirror:
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.save_total_limit = save_total_limit
-        self._queue: queue.Queue = queue.Queue()
-        self.pending: set[str] = set()  # names queued or being copied: local rotation must keep them
-        self._worker: threading.Thread | None = None
+        self._copies = BackgroundWorker(self._push_if_there, self._report_failed_copy, name="checkpoint-mirror")
         self.errors: list[str] = []
 
     # --- reading the mirror -----------------------------------------------------------------------------------------
@@ -141,32 +138,25 @@ class CheckpointMirror:
 
     def push_in_background(self, checkpoint: str | Path):
         """Queue a push; one worker thread copies while training goes on."""
-        self.pending.add(Path(checkpoint).name)
-        self._queue.put(Path(checkpoint))
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._drain, name="checkpoint-mirror", daemon=True)
-            self._worker.start()
+        self._copies.submit(checkpoint)
 
-    def _drain(self):
-        while True:
-            try:
-                checkpoint = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                return
-            try:
-                if checkpoint.is_dir():
-                    self.push(checkpoint)
-            except Exception as error:  # a mirror outage must not stop training
-                message = f"could not mirror {checkpoint.name} to {self.url} ({type(error).__name__}: {error})"
-                self.errors.append(message)
-                logger.warning(f"CheckpointMirror: {message}")
-            finally:
-                self.pending.discard(checkpoint.name)
-                self._queue.task_done()
+    @property
+    def pending(self) -> set[str]:
+        """Names queued or being copied: local rotation must keep them."""
+        return self._copies.pending
+
+    def _push_if_there(self, checkpoint: Path):
+        if checkpoint.is_dir():
+            self.push(checkpoint)
+
+    def _report_failed_copy(self, checkpoint: Path, error: Exception):  # a mirror outage must not stop training
+        message = f"could not mirror {checkpoint.name} to {self.url} ({type(error).__name__}: {error})"
+        self.errors.append(message)
+        logger.warning(f"CheckpointMirror: {message}")
 
     def wait(self):
         """Block until every queued push is done."""
-        self._queue.join()
+        self._copies.wait()
 
 
 def newest_local_step(output_dir: str | Path) -> int:

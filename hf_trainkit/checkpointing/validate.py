@@ -277,12 +277,3 @@ def _inspect(path: Path, match, info: CheckpointInfo, compute_size: bool, verify
             filter(None, map(_safetensors_complete, sorted(path.glob("*.safetensors")))), "") or load_problem(path)
     return problem
 
-
-def mark_unloadable(path: str | os.PathLike, error: str):
-    """Record in the checkpoint that loading it failed, so the next resume skips it at once (nothing is deleted)."""
-    import time
-
-    try:
-        (Path(path) / UNLOADABLE_MARKER).write_text(json.dumps({"error": error, "at": time.time()}))
-    except OSError:
-        pass

@@ -617,7 +617,7 @@ def _fallback_after_failed_load(error: BaseException, trainer, checkpoint: str |
     import traceback
 
     from ..checkpointing import find_resume_checkpoint
-    from ..checkpointing.validate import mark_unloadable
+    from ..checkpointing.marker import mark_unloadable
 
     if checkpoint is None or config.world_size > 1 or trainer.state.global_step > _step_of(checkpoint):
         return _NO_FALLBACK
