@@ -9,3 +9,6 @@ COMPLETE_MARKER = "hf_trainkit_complete.json"
 TRAINING_COMPLETE = "training_complete.json"
 STALE_MARKER = "hf_trainkit_complete.stale.json"  # a marker taken away while its checkpoint is saved again
 UNLOADABLE_MARKER = "hf_trainkit_unloadable.json"  # a checkpoint whose load failed at a resume: skipped after
+RUN_RECORD = "hf_trainkit_run.json"  # what a run was trained from: base model, task, generation settings (for eval)
+BASE_MODEL_DIR = "base_model"  # the built-in toy base model of a run, saved so that eval measures the same base
+EVAL_RESULTS = "eval_results.json"  # written by `hf-trainkit eval`

@@ -98,3 +98,18 @@ def adjust_for_cpu_launch(training_args) -> str | None:
         else:
             config.use_configured_state = True
     return kind
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's `items` concatenated in rank order, on every rank (picklable items); `items` in one process."""
+    dist = _distributed()
+    if dist is None:
+        return list(items)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def rank_and_world() -> tuple[int, int]:
+    dist = _distributed()
+    return (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)

@@ -5,6 +5,7 @@ from .diagnostics import TrainingDiagnosticsCallback
 from .early_stopping import MetricEarlyStoppingCallback, MonitorNotLoggedError, StoppingCheck
 from .live_control import LiveControlCallback
 from .loss_curve import LossCurveCallback, curve_stats
+from .pass_at_k import PassAtKCallback
 from .resumable import ResumableCheckpointsCallback
 from .wandb_logging import WandbEveryNCallback, aggregate_window, wandb_key
 
@@ -15,6 +16,7 @@ __all__ = [
     "LossCurveCallback",
     "MetricEarlyStoppingCallback",
     "MonitorNotLoggedError",
+    "PassAtKCallback",
     "ResumableCheckpointsCallback",
     "StoppingCheck",
     "TrainingDiagnosticsCallback",

@@ -22,7 +22,7 @@ def compact_metrics_line(step: int, logs: dict) -> str:
     if "train_runtime" in logs:
         parts = [f"{k} {_number(logs[k])}{' s' if k == 'train_runtime' else ''}" for k in SUMMARY_KEYS if k in logs]
         return f"[Step {step}] done: " + " | ".join(parts)
-    evaluation = [k for k in logs if k.startswith("eval_") and isinstance(logs[k], (int, float))]
+    evaluation = [k for k in logs if k.startswith(("eval_", "eval/")) and isinstance(logs[k], (int, float))]
     if evaluation:
         return f"[Step {step}] eval: " + " | ".join(f"{k} {_number(logs[k])}" for k in evaluation[:8])
     parts = [f"{k} {_number(logs[k])}" for k in HEADLINE_KEYS if isinstance(logs.get(k), (int, float))]

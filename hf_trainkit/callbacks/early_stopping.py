@@ -9,6 +9,7 @@ from transformers.utils import logging
 
 from .stateful import StatefulCallback
 
+from ..checkpointing.policy import is_eval_key
 from ..checkpointing.save_request import request_save, saving_enabled
 from ..diagnostics import ema_step, improvement
 
@@ -25,8 +26,8 @@ def report_missing_monitor(owner: str, monitor: str, logs: dict, seen_keys: list
     a warning was given. Eval keys only arrive with evaluations, so a missing `eval_*` key is judged on eval logs and
     any other key on training logs."""
     seen_keys.extend(key for key in logs if key not in seen_keys)
-    is_eval_log = any(key.startswith("eval_") for key in logs)
-    if monitor.startswith("eval_") != is_eval_log:
+    is_eval_log = any(is_eval_key(key) for key in logs)
+    if is_eval_key(monitor) != is_eval_log:
         return False
     message = (f"{owner}(monitor={monitor!r}): {monitor!r} was never logged (logged: {', '.join(sorted(seen_keys))}); "
                "pick one of those or set strict=False.")

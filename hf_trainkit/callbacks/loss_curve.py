@@ -28,7 +28,7 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
         value = entry.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or "train_runtime" in entry:
             continue
-        if any(k.startswith("eval_") for k in entry):
+        if any(k.startswith(("eval_", "eval/")) for k in entry):
             continue
         steps.append(entry.get("step", len(steps)))
         values.append(float(value))

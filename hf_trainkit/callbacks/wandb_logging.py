@@ -8,6 +8,7 @@ import uuid
 
 from transformers.utils import logging
 
+from ..checkpointing.policy import is_eval_key
 from .stateful import StatefulCallback
 
 
@@ -18,7 +19,7 @@ WANDB_RUN_ID_FILE = "wandb_run_id.txt"
 LAST_VALUE_KEYS = ("learning_rate", "epoch", "num_tokens", "total_flos", "num_input_tokens_seen")
 SUM_SUFFIXES = ("_samples",)
 # Namespaces that keep their own name in W&B (the mode metrics), as DESIGN.md fixes them.
-KEPT_PREFIXES = ("grpo/", "psr/", "nsr/", "w_reinforce/")
+KEPT_PREFIXES = ("grpo/", "psr/", "nsr/", "w_reinforce/", "eval/")
 STEP_METRIC = "train/global_step"
 
 
@@ -158,7 +159,7 @@ class WandbEveryNCallback(StatefulCallback):
         if not state.is_world_process_zero or self._disabled or not logs:
             return
         numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if any(key.startswith("eval_") or key.startswith("test_") for key in numbers) or "train_runtime" in numbers:
+        if any(is_eval_key(key) or key.startswith("test_") for key in numbers) or "train_runtime" in numbers:
             # Evaluations and the final summary are rare: they go out as they come, not averaged.
             if self._run is not None:
                 try:

@@ -18,14 +18,20 @@ def default_mode(key: str) -> str:
     return "max" if _MAX_KEY.search(key.lower()) else "min"
 
 
+def is_eval_key(key: str) -> bool:
+    """Whether `key` comes from an evaluation (`eval_loss` from the Trainer, `eval/pass@1` from `PassAtKCallback`):
+    logged only when an evaluation runs, and already an average over a whole evaluation set."""
+    return key.startswith(("eval_", "eval/"))
+
+
 def default_smoothing(key: str) -> float:
     """EMA weight for a monitored key when the user gives none.
 
     Training-log metrics (`reward`, `loss`, `nsr/avg_reward`) come from one batch each and are noisy: a lucky batch
     must not count as an improvement, so they are smoothed with weight 0.9 (TensorBoard's default slider, about
-    the last 10 logs). `eval_*` metrics already average a whole evaluation set: compared raw.
+    the last 10 logs). Evaluation metrics (`is_eval_key`) already average a whole evaluation set: compared raw.
     """
-    return 0.0 if key.startswith("eval_") else 0.9
+    return 0.0 if is_eval_key(key) else 0.9
 
 
 def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0,

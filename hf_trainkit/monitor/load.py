@@ -128,7 +128,7 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
             continue
         is_eval = False
         for key in entry:
-            if key[:5] == "eval_":
+            if key[:5] in ("eval_", "eval/"):
                 is_eval = True
                 break
         table = tables[is_eval]

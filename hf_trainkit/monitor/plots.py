@@ -117,6 +117,16 @@ class FigureWriter:
         elif entries:
             ax.legend(fontsize=8)
 
+    def pass_at_k_figure(self) -> Path | None:
+        """pass@k against k at each run's last evaluation, with the base model (step 0) dashed: the paper's figure."""
+        from .pass_at_k import run_curves, write_pass_at_k_figure
+
+        path = write_pass_at_k_figure(self.plt, run_curves(self.runs), self.output_dir / "pass_at_k.png",
+                                      "pass@k on the evaluation prompts (eval/pass@k)", self.dpi)
+        if path is not None:
+            self.written.append(path)
+        return path
+
     def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]],
                       schedule: bool = False) -> Path | None:
         """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}.
@@ -284,6 +294,7 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
     ]
     tasks.append(lambda: writer.metric_figure("eval_loss.png", "Train vs eval loss", _train_and_eval_losses))
     tasks.append(writer.eval_metrics_figure)
+    tasks.append(writer.pass_at_k_figure)
     if len(runs) == 1:
         tasks.append(lambda: writer.diagnostics_figure(runs[0], "reward" if runs[0].is_rl else "loss"))
     for pattern in metrics:

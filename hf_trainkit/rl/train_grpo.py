@@ -15,22 +15,27 @@ from pathlib import Path
 from .advantages import MODES
 
 
-# Settings of the built-in toy task, used where the user did not set the flag. Chosen so that the reward rises
-# visibly in every mode within about a minute on a 2-core CPU.
-TOY_DEFAULTS = {
+# Defaults that depend on the task: the built-in toy task's answer is one word, and a short run shows the effect.
+TOY_TASK_DEFAULTS = {
     "max_steps": 200,
-    "learning_rate": 3e-3,
-    "per_device_train_batch_size": 16,
-    "num_generations": 8,
     "max_completion_length": 4,
 }
-# Defaults for a real model and dataset (TRL's GRPOConfig defaults where it has them).
-MODEL_DEFAULTS = {
+# Defaults that depend on the model: the tiny built-in model learns at rates a real model would not survive.
+# 3e-4 lets the four modes part ways on the toy task's held-out prompts (benchmarks/paper_fidelity.py).
+TOY_MODEL_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "per_device_train_batch_size": 16,
+    "num_generations": 8,
+}
+# Defaults for a real dataset and a real model (TRL's GRPOConfig defaults where it has them).
+TASK_DEFAULTS = {
     "max_steps": -1,
+    "max_completion_length": 256,
+}
+MODEL_DEFAULTS = {
     "learning_rate": 1e-6,
     "per_device_train_batch_size": 8,
     "num_generations": 8,
-    "max_completion_length": 256,
 }
 
 
@@ -76,6 +81,12 @@ def _mode(text: str) -> str:
         return canonical_mode(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _toy_warmup_default() -> int:
+    from ..toy import WARMUP_STEPS
+
+    return WARMUP_STEPS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(policy, "no-live-control", action="store_true",
           help="do not watch OUTPUT_DIR/control for `hf-trainkit control` requests")
 
+    evaluation = parser.add_argument_group("pass@k evaluation (held-out prompts)")
+    _flag(evaluation, "eval-every", type=int, default=None, metavar="N",
+          help="sample --eval-n completions per evaluation prompt before training, every N steps and at the end; "
+          "log eval/pass@K, eval/entropy, eval/coverage (default: 50 on the toy task's held-out prompts, else "
+          "off; 0: off)")
+    _flag(evaluation, "eval-n", type=_positive_int, default=64, metavar="N", help="samples per evaluation prompt")
+    _flag(evaluation, "eval-k", type=_positive_int, nargs="+", default=[1, 4, 16, 64], metavar="K",
+          help="the k of the logged pass@k")
+    _flag(evaluation, "eval-dataset", default=None, metavar="NAME_OR_PATH",
+          help="evaluation prompts, loaded like --dataset (default: the toy task's held-out prompts)")
+    _flag(evaluation, "eval-split", default="test", metavar="SPLIT", help="split of --eval-dataset")
+    _flag(task, "toy-warmup-steps", type=int, default=None, metavar="N",
+          help="supervised warm-up steps that give the built-in model its prior over the toy task (0: a random "
+          "model; default: %d)" % _toy_warmup_default())
+
     logging_group = parser.add_argument_group("reporting")
     _flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
           help="integrations to report to (e.g. wandb, tensorboard, none)")
@@ -222,11 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    toy = args.model is None and args.dataset is None
-    defaults = TOY_DEFAULTS if toy else MODEL_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    # Task defaults follow --dataset and model defaults follow --model: `--model X` on the toy task keeps the toy
+    # task's answer length and run length, `--dataset Y` on the tiny model keeps its learning rate.
+    task_defaults = TOY_TASK_DEFAULTS if args.dataset is None else TASK_DEFAULTS
+    model_defaults = TOY_MODEL_DEFAULTS if args.model is None else MODEL_DEFAULTS
+    args.defaults_used = {}
+    for defaults in (task_defaults, model_defaults):
+        for key, value in defaults.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+                args.defaults_used[key] = value
+    if args.toy_warmup_steps is None:
+        args.toy_warmup_steps = _toy_warmup_default()
+    elif args.model is not None:
+        raise UsageError("--toy-warmup-steps applies to the built-in model only: drop it or --model.")
+    elif args.toy_warmup_steps < 0:
+        raise UsageError(f"--toy-warmup-steps {args.toy_warmup_steps}: use 0 (a random model) or more.")
+    if args.eval_every is None:
+        args.eval_every = 50 if args.dataset is None or args.eval_dataset else 0
+    if args.eval_every and args.dataset is not None and not args.eval_dataset:
+        raise UsageError("--eval-every with --dataset needs --eval-dataset (the prompts to measure pass@k on).")
+    if args.eval_every and max(args.eval_k) > args.eval_n:
+        raise UsageError(f"--eval-k {max(args.eval_k)} is larger than --eval-n {args.eval_n}: pass@k needs k <= n.")
     if args.reward_func is None:
         args.reward_func = ["digit_rule" if args.dataset is None else "exact_answer"]
     if args.output_dir is None:
@@ -253,6 +296,17 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def describe_defaults(args: argparse.Namespace) -> str:
+    """One line naming the defaults a run took, and what they follow (the task or the model)."""
+    parts = []
+    for owner, keys in ((f"task {'toy' if args.dataset is None else args.dataset}", TASK_DEFAULTS),
+                        (f"model {'built-in' if args.model is None else args.model}", MODEL_DEFAULTS)):
+        taken = [f"{key}={args.defaults_used[key]}" for key in keys if key in args.defaults_used]
+        if taken:
+            parts.append(f"{', '.join(taken)} (for the {owner})")
+    return "Defaults: " + "; ".join(parts)
+
+
 def looks_like_path(value: str) -> bool:
     """Whether a --model/--dataset value can only be a local path (a hub id is `name` or `org/name`): such a value
     that does not exist is reported at once instead of after the hub's retries."""
@@ -261,39 +315,55 @@ def looks_like_path(value: str) -> bool:
 
 
 def load_train_dataset(args: argparse.Namespace):
-    """The toy dataset, or `--dataset` (hub id, saved directory, or data file) with a `prompt` column."""
+    """The toy dataset's training split, or `--dataset` (hub id, saved directory, or data file) with a `prompt`
+    column."""
     from ..toy import build_toy_dataset
 
     if args.dataset is None:
         return build_toy_dataset(num_prompts=4096, seed=args.seed)
+    return load_prompt_dataset("--dataset", args.dataset, args.dataset_config, args.dataset_split, args.prompt_column)
+
+
+def load_eval_dataset(args: argparse.Namespace):
+    """The prompts `PassAtKCallback` measures: `--eval-dataset`, else the toy task's held-out prompts."""
+    from ..toy import build_toy_dataset
+
+    if args.eval_dataset is None:
+        return build_toy_dataset(split="heldout")
+    return load_prompt_dataset("--eval-dataset", args.eval_dataset, args.dataset_config, args.eval_split,
+                               args.prompt_column)
+
+
+def load_prompt_dataset(flag: str, spec: str, config_name: str | None, split: str, prompt_column: str):
+    """A hub id, a saved dataset directory or a data file, with its `prompt_column` renamed to ``prompt``."""
     import datasets
 
-    path = Path(args.dataset)
+    path = Path(spec)
     formats = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-    if not path.exists() and (looks_like_path(args.dataset) or path.suffix in formats):
-        raise UsageError(f"--dataset {args.dataset}: no such file or directory.")
+    if not path.exists() and (looks_like_path(spec) or path.suffix in formats):
+        raise UsageError(f"{flag} {spec}: no such file or directory.")
     try:
         if path.is_file():
             if path.suffix not in formats:
-                raise UsageError(f"--dataset {args.dataset}: unsupported file type; use {', '.join(formats)}.")
+                raise UsageError(f"{flag} {spec}: unsupported file type; use {', '.join(formats)}.")
             dataset = datasets.load_dataset(formats[path.suffix], data_files=str(path), split="train")
         elif path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
             dataset = datasets.load_from_disk(str(path))
             if isinstance(dataset, datasets.DatasetDict):
-                dataset = dataset[args.dataset_split]
+                dataset = dataset[split]
         else:
-            dataset = datasets.load_dataset(args.dataset, args.dataset_config, split=args.dataset_split)
+            dataset = datasets.load_dataset(spec, config_name, split=split)
     except UsageError:
         raise
     except Exception as error:  # datasets raises many types for a bad name, path or split
-        raise UsageError(f"--dataset {args.dataset}: cannot be loaded ({type(error).__name__}: {error}).") from None
-    if args.prompt_column not in dataset.column_names:
+        raise UsageError(f"{flag} {spec}: cannot be loaded ({type(error).__name__}: {error}).") from None
+    if prompt_column not in dataset.column_names:
         raise UsageError(
-            f"--dataset {args.dataset}: no column {args.prompt_column!r} (columns: {', '.join(dataset.column_names)}); "
+            f"{flag} {spec}: no column {prompt_column!r} (columns: {', '.join(dataset.column_names)}); "
             "pass --prompt-column."
         )
-    if args.prompt_column != "prompt":
-        dataset = dataset.rename_column(args.prompt_column, "prompt")
+    if prompt_column != "prompt":
+        dataset = dataset.rename_column(prompt_column, "prompt")
     return dataset
 
 
@@ -373,10 +443,9 @@ def config_overrides(pairs: list[str], taken: set[str]) -> dict:
 def build_model_and_tokenizer(args: argparse.Namespace):
     """(model or model id, tokenizer). A model id stays a string so that TRL loads it after the config."""
     if args.model is None:
-        from ..toy import build_tiny_model, build_toy_tokenizer
+        from ..toy import build_toy_tokenizer
 
-        tokenizer = build_toy_tokenizer()
-        return build_tiny_model(tokenizer, seed=args.seed), tokenizer
+        return toy_base_model_dir(args), build_toy_tokenizer()
     from transformers import AutoTokenizer
 
     try:
@@ -386,6 +455,46 @@ def build_model_and_tokenizer(args: argparse.Namespace):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return args.model, tokenizer
+
+
+def toy_base_model_dir(args: argparse.Namespace) -> str:
+    from ..constants import BASE_MODEL_DIR
+
+    return os.path.join(args.output_dir, BASE_MODEL_DIR)
+
+
+def prepare_base_model(args: argparse.Namespace, config):
+    """Build and save the toy base model (main process, once; the others wait and load it from disk) and record
+    what the run is trained from in OUTPUT_DIR/hf_trainkit_run.json, for `hf-trainkit eval`."""
+    import json
+
+    from ..constants import RUN_RECORD
+    from ..toy import ensure_toy_base_model, toy_base_recipe
+
+    with config.main_process_first(local=False, desc="build the toy base model"):
+        if config.process_index != 0:
+            return
+        os.makedirs(args.output_dir, exist_ok=True)
+        if args.model is None:
+            ensure_toy_base_model(toy_base_model_dir(args), toy_base_recipe(args.seed, args.toy_warmup_steps))
+        record = {
+            "base_model": {"name_or_path": args.model, "toy": args.model is None,
+                           "lora": bool(args.lora)} if args.model else
+            {"name_or_path": None, "toy": True, "directory": os.path.basename(toy_base_model_dir(args)),
+             "recipe": toy_base_recipe(args.seed, args.toy_warmup_steps), "lora": bool(args.lora)},
+            "mode": args.mode,
+            "dataset": args.dataset,
+            "eval_dataset": args.eval_dataset,
+            "eval_split": args.eval_split,
+            "prompt_column": args.prompt_column,
+            "reward_funcs": args.reward_func,
+            "reward_threshold": args.reward_threshold,
+            "generation": {"max_new_tokens": config.max_completion_length, "temperature": config.temperature,
+                           "top_p": config.top_p, "top_k": config.top_k},
+            "seed": args.seed,
+        }
+        with open(os.path.join(args.output_dir, RUN_RECORD), "w") as handle:
+            json.dump(record, handle, indent=2)
 
 
 def build_peft_config(args: argparse.Namespace):
@@ -542,6 +651,8 @@ def run(args: argparse.Namespace):
         config = build_config(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if config.process_index == 0 and args.defaults_used:
+        print(describe_defaults(args), flush=True)
     callbacks = build_callbacks(args)
     pull_from_mirror(args, config, callbacks)
     finished, checkpoint = agreed_resume_point(args, config)
@@ -562,6 +673,8 @@ def _train(args: argparse.Namespace, config, reward_funcs: list, callbacks: list
     if checkpoint:
         print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(args)
+    eval_dataset = load_eval_dataset(args) if args.eval_every else None
+    prepare_base_model(args, config)
     tried: list[str] = []
     while True:
         # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
@@ -575,6 +688,14 @@ def _train(args: argparse.Namespace, config, reward_funcs: list, callbacks: list
             peft_config=build_peft_config(args),
             callbacks=callbacks,
         )
+        if eval_dataset is not None:
+            from ..callbacks import PassAtKCallback
+
+            try:
+                trainer.add_callback(PassAtKCallback(trainer, eval_dataset, n=args.eval_n, ks=args.eval_k,
+                                                     every_n_steps=args.eval_every))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         if config.process_index == 0 and (config.world_size > 1 or trainer.is_deepspeed_enabled) and not tried:
             print(describe_launch(trainer), flush=True)
         if checkpoint and trainer.is_deepspeed_enabled:
@@ -595,8 +716,13 @@ def _train(args: argparse.Namespace, config, reward_funcs: list, callbacks: list
             checkpoint = older
             callbacks = build_callbacks(args)
     trainer.save_state()
+    if stopping_callback(trainer) is None:
+        # The trained weights (or adapter) at the top of the output dir, as `trainer.save_model()` puts them, even
+        # with --no-save-checkpoints: `hf-trainkit eval OUTPUT_DIR` and `from_pretrained(OUTPUT_DIR)` load them.
+        trainer.save_model()
     if trainer.args.should_save:
-        print(f"Run written to {args.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries).")
+        print(f"Run written to {args.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries; "
+              "final weights in the same folder).")
     return trainer
 
 
