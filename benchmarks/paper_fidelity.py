@@ -71,39 +71,44 @@ def base_generation_config(tokenizer, options):
 
 
 def claims(table: dict[str, dict[str, float]], k_small: int, k_large: int, tolerance: float):
-    """(claim, holds, figures) for each of the paper's claims, from the per-model means."""
+    """(claim, holds, figures) for each of the paper's claims at pass@`k_large`, from the per-model means."""
     base = table["base"]
     small, large = f"pass@{k_small}", f"pass@{k_large}"
-
-    def at_least(model, key, slack=tolerance):
-        return table[model][key] >= base[key] - slack
 
     def fig(model, *keys):
         return ", ".join(f"{key} {table[model][key]:.3f} vs base {base[key]:.3f}" for key in keys)
 
-    rows = [
-        ("PSR raises pass@1 above the base", table["psr"][small] > base[small], fig("psr", small)),
-        (f"PSR lowers pass@{k_large} below the base", table["psr"][large] < base[large] - tolerance, fig("psr", large)),
+    return [
+        (f"PSR raises {small} above the base", table["psr"][small] > base[small], fig("psr", small)),
+        (f"PSR lowers {large} below the base", table["psr"][large] < base[large] - tolerance, fig("psr", large)),
         ("PSR lowers entropy below the base", table["psr"]["entropy"] < base["entropy"], fig("psr", "entropy")),
         ("PSR lowers coverage below the base", table["psr"]["coverage"] < base["coverage"] - tolerance,
          fig("psr", "coverage")),
-        (f"NSR keeps pass@{k_large} at or above the base", at_least("nsr", large), fig("nsr", large)),
-        ("NSR keeps entropy at or above the base", at_least("nsr", "entropy", 0.0), fig("nsr", "entropy")),
-        ("NSR raises pass@1 above the base", table["nsr"][small] > base[small], fig("nsr", small)),
-        ("W-REINFORCE raises pass@1 above the base", table["w-reinforce"][small] > base[small],
+        (f"NSR keeps {large} at or above the base", table["nsr"][large] >= base[large] - tolerance, fig("nsr", large)),
+        ("NSR keeps entropy at or above the base", table["nsr"]["entropy"] >= base["entropy"], fig("nsr", "entropy")),
+        (f"NSR raises {small} above the base", table["nsr"][small] > base[small], fig("nsr", small)),
+        (f"W-REINFORCE raises {small} above the base", table["w-reinforce"][small] > base[small],
          fig("w-reinforce", small)),
-        (f"W-REINFORCE keeps pass@{k_large} at or above the base", at_least("w-reinforce", large),
+        (f"W-REINFORCE keeps {large} at or above the base", table["w-reinforce"][large] >= base[large] - tolerance,
          fig("w-reinforce", large)),
-        (f"W-REINFORCE pass@{k_large} at or above PSR's", table["w-reinforce"][large] >= table["psr"][large],
+        (f"NSR {large} at or above PSR's", table["nsr"][large] >= table["psr"][large],
+         f"{table['nsr'][large]:.3f} vs {table['psr'][large]:.3f}"),
+        (f"W-REINFORCE {large} at or above PSR's", table["w-reinforce"][large] >= table["psr"][large],
          f"{table['w-reinforce'][large]:.3f} vs {table['psr'][large]:.3f}"),
     ]
-    return rows
+
+
+def discriminating_k(base: dict[str, float], ks: list[int], tolerance: float) -> int:
+    """The largest k at which the base is not already at pass@k = 1 (where no model can do better), else the
+    smallest k: the large-k claims are checked there as well as at the largest k."""
+    open_ks = [k for k in ks if base[f"pass@{k}"] < 1 - tolerance]
+    return open_ks[-1] if open_ks else ks[0]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the toy task's")
     parser.add_argument("--warmup-steps", type=int, default=None, help="toy base warm-up (default: the toy's)")
     parser.add_argument("--n", type=int, default=256, help="samples per held-out prompt")
@@ -146,11 +151,15 @@ def main(argv=None) -> int:
     print(f"{'model':<12} " + " ".join(f"{key:>17}" for key in keys))
     for name in table:
         print(f"{name:<12} " + " ".join(f"{table[name][key]:>8.3f} [{spread[name][key]:>5.3f}]" for key in keys))
-    k_small, k_large = options.k[0], options.k[-1]
-    print(f"\nThe paper's claims on this task (tolerance {options.tolerance}):")
-    results = claims(table, k_small, k_large, options.tolerance)
-    for text, holds, figures in results:
-        print(f"  [{'holds' if holds else 'DOES NOT HOLD'}] {text}: {figures}")
+    k_small = options.k[0]
+    results = []
+    for k_large in dict.fromkeys([discriminating_k(table["base"], options.k, options.tolerance), options.k[-1]]):
+        print(f"\nThe paper's claims on this task, large k = {k_large} (tolerance {options.tolerance}):")
+        for text, holds, figures in claims(table, k_small, k_large, options.tolerance):
+            if any(text == seen for seen, _, _ in results):
+                continue
+            results.append((text, holds, figures))
+            print(f"  [{'holds' if holds else 'DOES NOT HOLD'}] {text}: {figures}")
     print(f"\n{sum(h for _, h, _ in results)}/{len(results)} claims hold; {time.perf_counter() - started:.0f} s in all")
     if options.json:
         with open(options.json, "w") as handle:

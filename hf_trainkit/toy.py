@@ -173,7 +173,7 @@ digit_rule_reward.correct_answers_of = lambda row: correct_answers(row["rule"])
 
 # Supervised warm-up of the toy base model: long enough that the one-rule prompts are mostly answered right, short
 # enough that the two-rule prompts are not (measured by tests/test_toy.py).
-WARMUP_STEPS = 30
+WARMUP_STEPS = 10
 WARMUP_LEARNING_RATE = 3e-3
 WARMUP_BATCH_SIZE = 64
 

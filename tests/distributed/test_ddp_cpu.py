@@ -101,3 +101,23 @@ def test_control_request_and_policy_reach_every_rank_at_the_same_step(tmp_path):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == final.step
     assert "world size 2" in (tmp_path / "log.txt").read_text()
+
+
+def test_pass_at_k_in_two_processes_gathers_every_prompt_and_agrees(tmp_path):
+    """Each rank samples half of the held-out prompts; both log the same gathered metrics at the same steps, and a
+    checkpoint policy on eval/pass@1 takes one decision."""
+    out = tmp_path / "ddp-eval"
+    harness = ROOT / "tests" / "distributed" / "rank_views.py"
+    command, env = launch(29605, "--output-dir", out, "--max-steps", 4, "--save-steps", 2, "--eval-every", 2,
+                          "--eval-n", 8, "--eval-k", 1, 8, "--checkpoint-metric", "eval/pass@1", "--save-top-k", 1)
+    command[command.index(str(TRAIN))] = str(harness)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    views = [json.loads((out / "rank_views" / f"rank_{i}.json").read_text()) for i in (0, 1)]
+    evals = [[h for h in v["log_history"] if "eval/pass@1" in h] for v in views]
+    assert [h["step"] for h in evals[0]] == [0, 2, 4]
+    assert evals[0] == evals[1]
+    assert all(h["eval/num_prompts"] == 6 for h in evals[0])  # 3 per rank, gathered
+    scores = {h["step"]: h["eval/pass@1"] for h in evals[0]}
+    assert {c.step for c in list_checkpoints(out)} == {max((2, 4), key=lambda s: (scores[s], -s)), 4}
+    assert (out / "model.safetensors").exists()  # the final weights, written once

@@ -119,7 +119,7 @@ def test_zero3_two_processes(tmp_path, mode, lora):
     wandb = [] if lora else ["--wandb-every", 2]
     result = run(zero3(2, "--mode", mode, *(["--lora"] if lora else []), "--output-dir", out, "--max-steps", 4,
                        "--save-steps", 2, *wandb, "--checkpoint-metric", "reward", "--save-top-k", 1,
-                       "--checkpoint-smoothing", 0))
+                       "--checkpoint-smoothing", 0, "--eval-every", 2, "--eval-n", 4, "--eval-k", 1, 4))
     assert "world size 2, distributed type DistributedType.DEEPSPEED, ZeRO stage 3" in result.stdout
     # Several wrong set-ups exit 0 while running two single-process trainings: both ranks must see one group.
     views = [json.loads((out / "rank_views" / f"rank_{i}.json").read_text()) for i in (0, 1)]
@@ -142,6 +142,12 @@ def test_zero3_two_processes(tmp_path, mode, lora):
     assert {c.step for c in list_checkpoints(out)} == {max((2, 4), key=lambda s: (rewards[s], -s)), 4}
     if not lora:  # W&B offline: one run, written by the main process only
         assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    # pass@k under ZeRO-3: each rank generated its share with the gathered parameters; both logged the same.
+    evals = [[h for h in v["log_history"] if "eval/pass@1" in h] for v in views]
+    assert [h["step"] for h in evals[0]] == [0, 2, 4] and evals[0] == evals[1]
+    assert all(h["eval/num_prompts"] == 6 for h in evals[0])
+    # The final weights (full model, or adapter) at the top of the output dir.
+    assert (out / ("adapter_model.safetensors" if lora else "model.safetensors")).exists()
     if lora:
         assert (out / "checkpoint-4" / "adapter_model.safetensors").exists()
     print(f"2-process ZeRO-3 run ({mode}, lora={lora}): {result.seconds:.1f} s")

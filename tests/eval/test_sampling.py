@@ -78,6 +78,7 @@ def test_toy_task_is_fit_for_the_question(base):
     random_rows = [{"prompt": f"{rule} =", "rule": rule} for rule in toy_prompts("warmup")]
     random_rate = [r["correct"] / 128 for r in evaluate(random_model, tokenizer, random_rows, [digit_rule_reward],
                                                         n=128, generation_config=sampling(tokenizer))]
-    assert sum(known) / len(known) > 0.5 > sum(random_rate) / len(random_rate) + 0.2  # the warm-up gave a prior
-    assert min(heldout) < 0.25  # a hard prompt
-    assert sum(heldout) / len(heldout) < sum(known) / len(known) - 0.15  # the held-out pairs are harder
+    mean = lambda values: sum(values) / len(values)
+    assert mean(known) > 2 * mean(random_rate)  # the warm-up gave a prior
+    assert min(heldout) < 0.15  # a hard prompt
+    assert mean(heldout) < mean(known) - 0.1  # the held-out pairs are harder than what the base learned
