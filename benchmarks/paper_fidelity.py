@@ -30,7 +30,7 @@ MODES = ("grpo", "psr", "nsr", "w-reinforce")
 
 def train(mode: str, seed: int, options, output_dir: str):
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
-    from hf_trainkit.rl.train_grpo import TOY_MODEL_DEFAULTS, TOY_TASK_DEFAULTS
+    from hf_trainkit.training.options import TOY_MODEL_DEFAULTS, TOY_TASK_DEFAULTS
     from hf_trainkit.toy import build_toy_base_model, build_toy_dataset, build_toy_tokenizer, digit_rule_reward
 
     tokenizer = build_toy_tokenizer()
@@ -63,38 +63,40 @@ def measure(model, tokenizer, generation_config, options, seed: int) -> dict[str
 def base_generation_config(tokenizer, options):
     from transformers import GenerationConfig
 
-    from hf_trainkit.rl.train_grpo import TOY_TASK_DEFAULTS
+    from hf_trainkit.training.options import TOY_TASK_DEFAULTS
 
     return GenerationConfig(max_new_tokens=TOY_TASK_DEFAULTS["max_completion_length"], do_sample=True,
                             temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=tokenizer.eos_token_id)
 
 
-def claims(table: dict[str, dict[str, float]], k_small: int, k_large: int, tolerance: float):
-    """(claim, holds, figures) for each of the paper's claims at pass@`k_large`, from the per-model means."""
-    base = table["base"]
+def claims(table: dict[str, dict[str, float]], spread: dict[str, dict[str, float]], k_small: int, k_large: int,
+           tolerance: float):
+    """(claim, holds, figures, robust) for each of the paper's claims at pass@`k_large`. `robust` is False when the
+    difference it rests on is smaller than the spread of the two models across seeds."""
     small, large = f"pass@{k_small}", f"pass@{k_large}"
 
-    def fig(model, *keys):
-        return ", ".join(f"{key} {table[model][key]:.3f} vs base {base[key]:.3f}" for key in keys)
+    def compare(text, model, other, key, want, slack=0.0):
+        """`want`: "higher" (than `other`), "at least" (as high, less `slack`) or "lower" (by more than `slack`)."""
+        difference = table[model][key] - table[other][key]
+        holds = {"higher": difference > 0, "at least": difference >= -slack, "lower": difference < -slack}[want]
+        noise = max(spread[model][key], spread[other][key])
+        figures = f"{key} {table[model][key]:.3f} vs {other} {table[other][key]:.3f}"
+        return text, holds, figures, abs(difference) > noise
 
     return [
-        (f"PSR raises {small} above the base", table["psr"][small] > base[small], fig("psr", small)),
-        (f"PSR lowers {large} below the base", table["psr"][large] < base[large] - tolerance, fig("psr", large)),
-        ("PSR lowers entropy below the base", table["psr"]["entropy"] < base["entropy"], fig("psr", "entropy")),
-        ("PSR lowers coverage below the base", table["psr"]["coverage"] < base["coverage"] - tolerance,
-         fig("psr", "coverage")),
-        (f"NSR keeps {large} at or above the base", table["nsr"][large] >= base[large] - tolerance, fig("nsr", large)),
-        ("NSR keeps entropy at or above the base", table["nsr"]["entropy"] >= base["entropy"], fig("nsr", "entropy")),
-        (f"NSR raises {small} above the base", table["nsr"][small] > base[small], fig("nsr", small)),
-        (f"W-REINFORCE raises {small} above the base", table["w-reinforce"][small] > base[small],
-         fig("w-reinforce", small)),
-        (f"W-REINFORCE keeps {large} at or above the base", table["w-reinforce"][large] >= base[large] - tolerance,
-         fig("w-reinforce", large)),
-        (f"NSR {large} at or above PSR's", table["nsr"][large] >= table["psr"][large],
-         f"{table['nsr'][large]:.3f} vs {table['psr'][large]:.3f}"),
-        (f"W-REINFORCE {large} at or above PSR's", table["w-reinforce"][large] >= table["psr"][large],
-         f"{table['w-reinforce'][large]:.3f} vs {table['psr'][large]:.3f}"),
+        compare(f"PSR raises {small} above the base", "psr", "base", small, "higher"),
+        compare(f"PSR lowers {large} below the base", "psr", "base", large, "lower", tolerance),
+        compare("PSR lowers entropy below the base", "psr", "base", "entropy", "lower"),
+        compare("PSR lowers coverage below the base", "psr", "base", "coverage", "lower", tolerance),
+        compare(f"NSR keeps {large} at or above the base", "nsr", "base", large, "at least", tolerance),
+        compare("NSR keeps entropy at or above the base", "nsr", "base", "entropy", "at least"),
+        compare(f"NSR raises {small} above the base", "nsr", "base", small, "higher"),
+        compare(f"W-REINFORCE raises {small} above the base", "w-reinforce", "base", small, "higher"),
+        compare(f"W-REINFORCE keeps {large} at or above the base", "w-reinforce", "base", large, "at least",
+                tolerance),
+        compare(f"NSR {large} at or above PSR's", "nsr", "psr", large, "at least"),
+        compare(f"W-REINFORCE {large} at or above PSR's", "w-reinforce", "psr", large, "at least"),
     ]
 
 
@@ -155,16 +157,20 @@ def main(argv=None) -> int:
     results = []
     for k_large in dict.fromkeys([discriminating_k(table["base"], options.k, options.tolerance), options.k[-1]]):
         print(f"\nThe paper's claims on this task, large k = {k_large} (tolerance {options.tolerance}):")
-        for text, holds, figures in claims(table, k_small, k_large, options.tolerance):
-            if any(text == seen for seen, _, _ in results):
+        for text, holds, figures, robust in claims(table, spread, k_small, k_large, options.tolerance):
+            if any(text == seen for seen, *_ in results):
                 continue
-            results.append((text, holds, figures))
-            print(f"  [{'holds' if holds else 'DOES NOT HOLD'}] {text}: {figures}")
-    print(f"\n{sum(h for _, h, _ in results)}/{len(results)} claims hold; {time.perf_counter() - started:.0f} s in all")
+            results.append((text, holds, figures, robust))
+            caveat = "" if robust or len(options.seeds) < 2 else " (the difference is within the spread across seeds)"
+            print(f"  [{'holds' if holds else 'DOES NOT HOLD'}] {text}: {figures}{caveat}")
+    robust = sum(h and r for _, h, _, r in results)
+    print(f"\n{sum(h for _, h, *_ in results)}/{len(results)} claims hold ({robust} by more than the spread across "
+          f"seeds); {time.perf_counter() - started:.0f} s in all")
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({"table": table, "spread": spread, "per_seed": per_seed, "options": vars(options),
-                       "claims": [{"claim": t, "holds": h, "figures": f} for t, h, f in results]}, handle, indent=2)
+                       "claims": [{"claim": t, "holds": h, "figures": f, "beyond_seed_spread": r}
+                                  for t, h, f, r in results]}, handle, indent=2)
     return 0
 
 

@@ -10,9 +10,9 @@ import sys
 
 
 def _run_train_grpo(rest: list[str]) -> int:
-    from .rl.train_grpo import main
+    from .commands.train_grpo import main
 
-    return main(rest)
+    return main(rest, prog="hf-trainkit train-grpo")
 
 
 def _run_monitor(rest: list[str]) -> int:
@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # handles --help, --version and unknown commands (exit 2)
         parser.print_help(sys.stderr)
         return 1
-    return COMMANDS[argv[0]][1](argv[1:])
+    from .argparsing import run_command
+
+    # Each command reports its own mistakes; this catches what one lets through, in the same one-line form.
+    return run_command(f"hf-trainkit {argv[0]}", COMMANDS[argv[0]][1], argv[1:])
 
 
 if __name__ == "__main__":

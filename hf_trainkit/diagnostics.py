@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from .metric_rules import gain as metric_gain
+from .metric_rules import is_improvement
 
 
 VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "collapsed", "diverged", "too short")
@@ -24,9 +27,6 @@ SPIKE_WINDOW = 20
 COLLAPSE_FRACTION = 0.5
 # Eval worse than its best by this share of the train improvement, while train still improves: overfitting.
 OVERFIT_FRACTION = 0.05
-# Live-only finding: the reward filter keeps nothing.
-STARVED_ADVICE = ("The reward filter keeps no sample: lower --reward-threshold (PSR/W-REINFORCE) or raise it (NSR), "
-                  "raise --num-generations, or check the reward function.")
 ADVICE = {
     "converged": "Training has flattened after improving: more steps will not help much; compare checkpoints or "
     "change the data or model to go further.",
@@ -86,13 +86,6 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
     for index, value in zip(np.flatnonzero(finite).tolist(), smoothed.tolist()):
         out[index] = value
     return out
-
-
-def ema_step(accumulator: float, count: int, value: float, weight: float) -> tuple[float, int, float]:
-    """One step of [`ema`] for live use: (new accumulator, new count, debiased smoothed value)."""
-    accumulator = accumulator * weight + (1 - weight) * value
-    count += 1
-    return accumulator, count, accumulator / (1 - weight**count)
 
 
 def spike_message(name: str, step: float, value: float, median: float, z: float) -> str:
@@ -182,11 +175,6 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     ]
 
 
-def improvement(first: float, last: float, mode: str) -> float:
-    """How much better `last` is than `first` (positive = better), in the metric's units."""
-    return (first - last) if mode == "min" else (last - first)
-
-
 def steps_since_improvement(values: Sequence[float], mode: str = "min", min_delta: float = 0.0,
                             relative: bool = True) -> int:
     """Number of points since the last one that beat the best so far by more than `min_delta`.
@@ -198,8 +186,7 @@ def steps_since_improvement(values: Sequence[float], mode: str = "min", min_delt
         if not is_finite(value):
             since += 1
             continue
-        threshold = min_delta * abs(best) if (relative and best is not None) else min_delta
-        if best is None or improvement(best, value, mode) > threshold:
+        if is_improvement(value, best, mode, min_delta, relative):
             best, since = value, 0
         else:
             since += 1
@@ -215,9 +202,6 @@ class Diagnosis:
     advice: str
     numbers: dict = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def diagnose(
@@ -254,9 +238,9 @@ def diagnose(
     first, final = smooth[0], smooth[-1]
     best = min(smooth) if mode == "min" else max(smooth)
     quarter = smooth[max(0, (3 * len(smooth)) // 4 - 1)]
-    scale = max(abs(improvement(first, best, mode)), abs(first) * 1e-3, 1e-12)
-    recent_change = improvement(quarter, final, mode) / scale
-    total_change = improvement(first, best, mode) / max(abs(first), abs(best), 1e-12)
+    scale = max(abs(metric_gain(first, best, mode)), abs(first) * 1e-3, 1e-12)
+    recent_change = metric_gain(quarter, final, mode) / scale
+    total_change = metric_gain(first, best, mode) / max(abs(first), abs(best), 1e-12)
     numbers = {
         "first": first, "final": final, "best": best, "points": len(finite_values),
         "recent_change_of_total": recent_change, "total_change_relative": total_change,
@@ -268,14 +252,14 @@ def diagnose(
     numbers["spikes"] = len(spikes)
 
     tail_non_finite = values and not is_finite(values[-1])
-    worse_than_start = improvement(first, final, mode) < -0.5 * max(abs(first), 1e-12)
+    worse_than_start = metric_gain(first, final, mode) < -0.5 * max(abs(first), 1e-12)
     if tail_non_finite or worse_than_start:
         reason = (f"last {name} is {values[-1]}" if tail_non_finite
                   else f"smoothed {name} went from {first:.4g} to {final:.4g}, far worse than at the start")
         return Diagnosis("diverged", reason, ADVICE["diverged"], numbers, findings)
 
-    gain = improvement(first, best, mode)
-    given_back = improvement(final, best, mode)  # how far the end is from the best, the wrong way
+    gain = metric_gain(first, best, mode)
+    given_back = metric_gain(final, best, mode)  # how far the end is from the best, the wrong way
     if gain > CONVERGED_FRACTION * max(abs(first), abs(best), 1e-12) and given_back > COLLAPSE_FRACTION * gain:
         best_step = finite_steps[smooth.index(best)]
         numbers.update(best_step=best_step, given_back_of_gain=given_back / gain)
@@ -292,7 +276,7 @@ def diagnose(
         eval_best_step = eval_pairs[eval_only.index(eval_best)][0]
         gap = eval_only[-1] - eval_best
         numbers.update(eval_best=eval_best, eval_best_step=eval_best_step, eval_final=eval_only[-1])
-        train_gain = improvement(first, final, mode)
+        train_gain = metric_gain(first, final, mode)
         if gap > OVERFIT_FRACTION * max(abs(eval_best), 1e-12) and train_gain > 0:
             return Diagnosis(
                 "overfitting",

@@ -19,18 +19,6 @@ def barrier():
         dist.barrier()
 
 
-def agree_on_max(value: int) -> int:
-    """The largest `value` over all ranks (one tiny all-reduce); the value itself in a single process."""
-    dist = _distributed()
-    if dist is None:
-        return value
-    import torch
-
-    tensor = torch.tensor([value], dtype=torch.int32, device=_device(dist))
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
 def broadcast_from_main(obj):
     """The main process's `obj` (any picklable value), on every rank."""
     dist = _distributed()
@@ -113,3 +101,15 @@ def gather_lists(items: list) -> list:
 def rank_and_world() -> tuple[int, int]:
     dist = _distributed()
     return (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+
+
+def agree_on_max_each(values: list[int]) -> list[int]:
+    """The largest of each position over all ranks, in one all-reduce (several decisions, one round trip)."""
+    dist = _distributed()
+    if dist is None:
+        return list(values)
+    import torch
+
+    tensor = torch.tensor(values, dtype=torch.int32, device=_device(dist))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [int(v) for v in tensor.tolist()]

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from .constants import LOG_FILE
 
-LOG_FILE = Path("logs") / "train.log"
+
 
 
 class _Tee(io.TextIOBase):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
 
 # Rule name -> the digits that satisfy it. Sizes differ on purpose, so that prompts differ in difficulty.
@@ -213,9 +213,6 @@ def build_toy_base_model(tokenizer=None, *, seed: int = 0, warmup_steps: int = W
     return model
 
 
-TOY_BASE_RECIPE = "hf_trainkit_toy_base.json"
-
-
 def toy_base_recipe(seed: int, warmup_steps: int = WARMUP_STEPS) -> dict:
     """What `build_toy_base_model` was called with: enough to build the same base again."""
     return {"builder": "hf_trainkit.toy.build_toy_base_model", "seed": seed, "warmup_steps": warmup_steps,
@@ -229,6 +226,8 @@ def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     import json
     import os
     import shutil
+
+    from .constants import TOY_BASE_RECIPE
 
     recipe_file = os.path.join(directory, TOY_BASE_RECIPE)
     try:

@@ -8,7 +8,7 @@
 `python scripts/train_grpo.py --help` lists every flag.
 """
 
-from hf_trainkit.rl.train_grpo import main
+from hf_trainkit.commands.train_grpo import main
 
 
 if __name__ == "__main__":

@@ -1,28 +1,11 @@
 """scripts/train_grpo.py, scripts/demo.py and `hf-trainkit` as a user runs them: real subprocesses, real files."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "scripts" / "train_grpo.py"
-
-
-def run_script(*argv, cwd=None, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
-    )
-
-
-def log_history(output_dir):
-    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+from tests.testing_utils import ROOT, TRAIN, log_history, run_script
 
 
 def test_train_script_nsr_writes_metrics_and_checkpoint(tmp_path):
@@ -112,7 +95,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message, capsys, monk
         result = run_script(TRAIN, *argv, cwd=tmp_path)
         code, stderr = result.returncode, result.stderr
     else:  # found before anything is built: the script's main() in this process (the same code, no start-up cost)
-        from hf_trainkit.rl.train_grpo import main
+        from hf_trainkit.commands.train_grpo import main
 
         monkeypatch.chdir(tmp_path)
         try:
@@ -128,12 +111,13 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, message, capsys, monk
 
 
 def test_trainer_settings_without_a_flag_of_their_own_reach_the_config(tmp_path):
-    from hf_trainkit.rl.train_grpo import _resolve_defaults, build_config, build_parser
+    from hf_trainkit.commands.train_grpo import parse_options
+    from hf_trainkit.training.options import build_config, resolve_defaults
 
-    args = build_parser().parse_args(["--mode", "nsr", "--output-dir", str(tmp_path / "o"), "--max-grad-norm", "0.5",
+    args = parse_options(["--mode", "nsr", "--output-dir", str(tmp_path / "o"), "--max-grad-norm", "0.5",
                                       "--lr-scheduler-type", "cosine", "--warmup-steps", "0.1",
                                       "--set", "gradient_checkpointing=True", "--set", "optim=adamw_torch"])
-    config = build_config(_resolve_defaults(args))
+    config = build_config(resolve_defaults(args))
     assert (config.max_grad_norm, config.warmup_steps, config.gradient_checkpointing) == (0.5, 0.1, True)
     assert str(config.lr_scheduler_type.value) == "cosine" and str(config.optim.value) == "adamw_torch"
 

@@ -1,29 +1,38 @@
-"""Which checkpoints exist: the best N by a metric, saves when it improves, on top of resumable checkpoints."""
+"""Which checkpoints exist: the best N by a metric, saves when it improves, on top of resumable checkpoints.
+
+One object for the user; inside, a group of single-purpose callbacks (`CallbackGroup`): the resume checks, the
+checkpoint manager (which this policy gives its keep-rule and marker fields), signal handling, and the monitored
+metric itself."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from transformers.utils import logging
 
 from ..checkpointing.marker import read_marker
-from ..checkpointing.policy import best_checkpoints, default_mode, default_smoothing, is_improvement
+from ..checkpointing.policy import best_checkpoints
 from ..checkpointing.rotate import checkpoints_to_delete
 from ..checkpointing.save_request import request_save, saving_enabled
-from ..diagnostics import ema_step
+from ..constants import checkpoint_dir
+from ..metric_rules import SmoothedMetric, check_mode, default_mode, default_smoothing, is_improvement
 from ..distributed import broadcast_float
+from .callback_group import CallbackGroup
+from .checkpoint_manager import CheckpointManagerCallback
 from .early_stopping import report_missing_monitor
-from .resumable import ResumableCheckpointsCallback
+from .live_control import LiveControlCallback
+from .resume_checks import ResumeChecksCallback
 
 
 logger = logging.get_logger(__name__)
 
 
-class CheckpointPolicyCallback(ResumableCheckpointsCallback):
+class CheckpointPolicyCallback(CallbackGroup):
     """Checkpoints chosen by a logged metric, like Lightning's `ModelCheckpoint`, for any `Trainer`.
 
-    Everything of [`ResumableCheckpointsCallback`] (completion marker, safe rotation, preemption saves) plus:
+    Everything of [`CheckpointManagerCallback`] (completion marker, checksums, safe rotation, mirror), of
+    [`ResumeChecksCallback`] and, unless `handle_signals=False`, the preemption saves of [`LiveControlCallback`]
+    (signals only: add a `LiveControlCallback` yourself for `hf-trainkit control` requests), plus:
 
     - **best N** (`save_top_k`): after each complete save, keep the `save_top_k` checkpoints with the best
       `monitor` value, the newest one (to resume from) and pinned (named) ones; delete the rest. Works on training
@@ -52,22 +61,22 @@ class CheckpointPolicyCallback(ResumableCheckpointsCallback):
         relative_delta (`bool`, *optional*, defaults to `False`): read `min_delta` as a fraction of |best|.
         smoothing (`float`, *optional*): EMA weight in [0, 1) (default: see above).
         strict (`bool`, *optional*, defaults to `True`): a `monitor` that is never logged is an error.
-        **kwargs: [`ResumableCheckpointsCallback`]'s arguments (`save_total_limit`, `protected`, `mirror` ...).
+        save_total_limit, protected, mirror: [`CheckpointManagerCallback`]'s arguments.
+        handle_signals (`bool`, *optional*, defaults to `True`): save and stop on SIGTERM/SIGINT/SIGHUP (False when
+            a `LiveControlCallback` of your own handles them).
     """
 
     def __init__(self, monitor: str | None = None, mode: str | None = None, save_top_k: int | None = None,
                  save_on_improvement: bool = False, min_delta: float = 0.0, relative_delta: bool = False,
-                 smoothing: float | None = None, strict: bool = True, **kwargs):
-        super().__init__(**kwargs)
+                 smoothing: float | None = None, strict: bool = True, save_total_limit: int | None = None,
+                 protected: list[str] | None = None, mirror=None, handle_signals: bool = True):
         if monitor is None and (save_top_k is not None or save_on_improvement):
             raise ValueError("CheckpointPolicyCallback: save_top_k and save_on_improvement need a monitor (a logged "
                              "key such as 'eval_loss' or 'reward').")
-        mode = mode or (default_mode(monitor) if monitor else "min")
-        if mode not in ("min", "max"):
-            raise ValueError(f"CheckpointPolicyCallback: mode={mode!r} must be 'min' or 'max'.")
+        mode = check_mode(mode or (default_mode(monitor) if monitor else "min"), "CheckpointPolicyCallback")
         if save_top_k is not None and save_top_k < 1:
             raise ValueError(f"CheckpointPolicyCallback: save_top_k={save_top_k} must be >= 1.")
-        if save_top_k is not None and kwargs.get("save_total_limit") is not None:
+        if save_top_k is not None and save_total_limit is not None:
             raise ValueError("CheckpointPolicyCallback: give save_top_k or save_total_limit, not both (save_top_k "
                              "already keeps the newest checkpoint besides the best ones).")
         if not (min_delta >= 0 and math.isfinite(min_delta)):
@@ -80,29 +89,43 @@ class CheckpointPolicyCallback(ResumableCheckpointsCallback):
         self.smoothing, self.strict = smoothing, strict
         self.best: float | None = None
         self.current: float | None = None
-        self.ema_accumulator, self.ema_count = 0.0, 0
+        self.smoother = SmoothedMetric(smoothing)
         self._seen_keys: list[str] = []
         self._warned_missing = False
+        self._restored = True
+        self.manager = CheckpointManagerCallback(
+            save_total_limit=save_total_limit, protected=protected, mirror=mirror,
+            keep_rule=self.checkpoints_to_delete if save_top_k is not None else None, marker_fields=self.marker_fields)
+        super().__init__(ResumeChecksCallback(mirror=mirror), self.manager,
+                         LiveControlCallback(watch_requests=False) if handle_signals else None)
+
+    @property
+    def mirror(self):
+        return self.manager.mirror
 
     # --- the monitored value -----------------------------------------------------------------------------------------
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._restored = False
+        return super().on_train_begin(args, state, control, **kwargs)
+
     def on_step_begin(self, args, state, control, **kwargs):
-        if not getattr(self, "_checked_resume", True) and state.global_step > 0 and self.monitor:
-            self._restore(read_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
-        super().on_step_begin(args, state, control, **kwargs)
+        # The Trainer loads a checkpoint's state after on_train_begin: the first step is where a resume is visible.
+        if not self._restored:
+            self._restored = True
+            if state.global_step > 0 and self.monitor:
+                self._restore(read_marker(checkpoint_dir(args.output_dir, state.global_step)))
+        return super().on_step_begin(args, state, control, **kwargs)
 
     def _restore(self, marker: dict):
         saved = marker.get("monitor") or {}
         if saved.get("key") == self.monitor:
             self.best, self.current = saved.get("best"), saved.get("value")
-            self.ema_accumulator = saved.get("ema_accumulator", 0.0)
-            self.ema_count = saved.get("ema_count", 0)
+            self.smoother.load_state_dict(saved)
 
     def observe(self, value: float) -> bool:
         """Take one logged value; whether it is an improvement worth a save (pure of the Trainer: testable)."""
-        if self.smoothing and math.isfinite(value):
-            self.ema_accumulator, self.ema_count, value = ema_step(self.ema_accumulator, self.ema_count, value,
-                                                                   self.smoothing)
+        value = self.smoother.update(value)
         if not math.isfinite(value):
             return False
         self.current = value
@@ -117,32 +140,32 @@ class CheckpointPolicyCallback(ResumableCheckpointsCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         super().on_log(args, state, control, logs=logs, **kwargs)
         if not self.monitor or not logs or "train_runtime" in logs:
-            return
+            return control
         raw = logs.get(self.monitor)
         if not isinstance(raw, (int, float)) or isinstance(raw, bool):
             if self.best is None and not self._warned_missing:
                 self._warned_missing = report_missing_monitor(type(self).__name__, self.monitor, logs,
                                                               self._seen_keys, self.strict)
-            return
+            return control
         # The main process's value on every rank: the save below is collective and must happen everywhere.
         improved = self.observe(broadcast_float(float(raw)))
         if improved and self.save_on_improvement and saving_enabled(args):
             request_save(control, state, "improved")
             if state.is_world_process_zero:
                 logger.info(f"{self.monitor} improved to {self.best:.4g}: saving checkpoint-{state.global_step}.")
+        return control
 
     # --- what the marker records and what rotation keeps ---------------------------------------------------------
 
-    def _metadata(self, args, state, request, checkpoint):
-        metadata = super()._metadata(args, state, request, checkpoint)
-        if self.monitor and self.current is not None:
-            metadata["monitor"] = {"key": self.monitor, "mode": self.mode, "value": self.current, "best": self.best,
-                                   "smoothing": self.smoothing, "ema_accumulator": self.ema_accumulator,
-                                   "ema_count": self.ema_count}
-        return metadata
+    def marker_fields(self, args, state) -> dict:
+        """What each checkpoint's marker records of the policy: the value it is ranked by, and the state a resume
+        restores (best, EMA)."""
+        if not self.monitor or self.current is None:
+            return {}
+        return {"monitor": {"key": self.monitor, "mode": self.mode, "value": self.current, "best": self.best,
+                            "smoothing": self.smoothing, **self.smoother.state_dict()}}
 
-    def _deletions(self, checkpoints: list, protected: set[str]) -> list:
-        if self.save_top_k is None:
-            return super()._deletions(checkpoints, protected)
+    def checkpoints_to_delete(self, checkpoints: list, protected: set[str]) -> list:
+        """The keep-rule of best-N: the `save_top_k` best by the monitored value, the newest and the protected stay."""
         best = {c.name for c in best_checkpoints(checkpoints, self.monitor, self.mode, self.save_top_k)}
         return checkpoints_to_delete(checkpoints, None, protected | best, keep_only_protected=True)

@@ -7,13 +7,15 @@ import math
 from transformers.utils import logging
 
 from .. import diagnostics as dx
+from ..metric_rules import SmoothedMetric, SmoothedStateAttributes, check_mode, default_mode, is_improvement
+from ..metric_rules import gain as metric_gain
 from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
 
 
-class TrainingDiagnosticsCallback(StatefulCallback):
+class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
     """Detect and print, once per episode, what goes wrong during training, each with what to try.
 
     - non-finite `loss` or `grad_norm`;
@@ -22,7 +24,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
     - plateau: the smoothed monitored metric has not improved by more than `min_delta` (relative) for `patience`
       logs;
     - overfitting: eval loss above its best by 5% while the smoothed train loss keeps falling;
-    - RL: the reward filter starving (a `*/kept_ratio` of 0 for `starvation_logs` logs in a row).
+    (The reward filter keeping nothing is warned about by `FilteredGRPOTrainer` itself, which sees every batch.)
 
     An episode ends when the condition clears; the next occurrence is reported again. Acts on `on_log` (which also
     receives eval metrics); prints on the world process zero; changes nothing in `control`. Its counters survive
@@ -35,43 +37,40 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         min_delta (`float`, *optional*, defaults to `0.01`): relative improvement that counts.
         smoothing (`float`, *optional*, defaults to `0.6`): TensorBoard EMA weight applied to the monitored metric.
         window (`int`, *optional*, defaults to `20`), z_threshold (`float`, *optional*, defaults to `6.0`): spikes.
-        starvation_logs (`int`, *optional*, defaults to `10`): logs with nothing kept before warning.
     """
 
     def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 50,
                  min_delta: float = 0.01, smoothing: float = 0.6, window: int = dx.SPIKE_WINDOW,
-                 z_threshold: float = dx.SPIKE_Z, starvation_logs: int = 10):
-        if mode not in (None, "min", "max"):
-            raise ValueError(f"TrainingDiagnosticsCallback: mode={mode!r} must be 'min' or 'max'.")
-        if patience < 1 or window < 5 or starvation_logs < 1:
-            raise ValueError(f"TrainingDiagnosticsCallback: patience={patience}, window={window} and "
-                             f"starvation_logs={starvation_logs} must be >= 1, >= 5 and >= 1.")
+                 z_threshold: float = dx.SPIKE_Z):
+        if mode is not None:
+            check_mode(mode, "TrainingDiagnosticsCallback")
+        if patience < 1 or window < 5:
+            raise ValueError(f"TrainingDiagnosticsCallback: patience={patience} and window={window} must be >= 1 "
+                             "and >= 5.")
         if not 0 <= smoothing < 1:
             raise ValueError(f"TrainingDiagnosticsCallback: smoothing={smoothing!r} must be in [0, 1).")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
-        self.smoothing, self.window, self.z_threshold, self.starvation_logs = smoothing, window, z_threshold, starvation_logs
+        self.smoothing, self.window, self.z_threshold = smoothing, window, z_threshold
         self.findings: list[dict] = []
         self.active: list[str] = []  # episodes in progress, reported once
         self.recent: dict[str, list[float]] = {}
         self.ranges: dict[str, list[float]] = {}
-        self.ema_value: float | None = None
-        self.ema_count = 0
+        self.smoother = SmoothedMetric(smoothing)
         self.best_smoothed: float | None = None
         self.first_smoothed: float | None = None
         self.logs_since_improvement = 0
         self.train_ema: float | None = None
         self.best_eval: float | None = None
         self.train_ema_at_best_eval: float | None = None
-        self.starved_logs = 0
 
     def state(self) -> dict:
         return {
             "args": {"monitor": self.monitor, "mode": self.mode, "patience": self.patience,
                      "min_delta": self.min_delta, "smoothing": self.smoothing, "window": self.window,
-                     "z_threshold": self.z_threshold, "starvation_logs": self.starvation_logs},
+                     "z_threshold": self.z_threshold},
             "attributes": {k: getattr(self, k) for k in (
-                "findings", "active", "recent", "ranges", "ema_value", "ema_count", "best_smoothed", "first_smoothed",
-                "logs_since_improvement", "train_ema", "best_eval", "train_ema_at_best_eval", "starved_logs")},
+                "findings", "active", "recent", "ranges", "ema_accumulator", "ema_count", "best_smoothed", "first_smoothed",
+                "logs_since_improvement", "train_ema", "best_eval", "train_ema_at_best_eval")},
         }
 
     # --- episodes -------------------------------------------------------------------------------------------------
@@ -106,19 +105,17 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         del history[: -self.window]
 
     def _check_plateau(self, state, key: str, mode: str, value: float):
-        self.ema_value, self.ema_count, smoothed = dx.ema_step(self.ema_value or 0.0, self.ema_count, value,
-                                                               self.smoothing)
+        smoothed = self.smoother.update(value)
         if self.first_smoothed is None:
             self.first_smoothed = smoothed
-        threshold = self.min_delta * abs(self.best_smoothed) if self.best_smoothed is not None else 0.0
-        if self.best_smoothed is None or dx.improvement(self.best_smoothed, smoothed, mode) > threshold:
+        if is_improvement(smoothed, self.best_smoothed, mode, self.min_delta, relative=True):
             self.best_smoothed, self.logs_since_improvement = smoothed, 0
             self._clear("plateau")
             self._clear("collapse")
             return
         self.logs_since_improvement += 1
-        gain = dx.improvement(self.first_smoothed, self.best_smoothed, mode)
-        lost = dx.improvement(smoothed, self.best_smoothed, mode)
+        gain = metric_gain(self.first_smoothed, self.best_smoothed, mode)
+        lost = metric_gain(smoothed, self.best_smoothed, mode)
         # Not a plateau: most of the gain is gone, for long enough that it is no spike (the spike check has those).
         if gain > 0 and lost > dx.COLLAPSE_FRACTION * gain and self.logs_since_improvement >= min(self.patience, 10):
             self._report(state, "collapse", "collapse",
@@ -157,7 +154,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
             if key == "grad_norm":
                 self._check_spike(state, key, float(value), "min")
         monitor = self.monitor or ("reward" if "reward" in logs else "loss")
-        mode = self.mode or ("max" if "reward" in monitor else "min")
+        mode = self.mode or default_mode(monitor)
         value = logs.get(monitor)
         if isinstance(value, (int, float)) and math.isfinite(value):
             self._check_spike(state, monitor, float(value), mode)
@@ -165,16 +162,6 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         loss = logs.get("loss")
         if isinstance(loss, (int, float)) and math.isfinite(loss):
             self.train_ema = loss if self.train_ema is None else 0.9 * self.train_ema + 0.1 * loss
-        kept = [v for k, v in logs.items() if k.endswith("/kept_ratio") and isinstance(v, (int, float))]
-        if kept:
-            self.starved_logs = self.starved_logs + 1 if max(kept) == 0 else 0
-            if self.starved_logs >= self.starvation_logs:
-                self._report(state, "starved", "starved",
-                             f"the reward filter kept no sample for {self.starved_logs} logs in a row (step "
-                             f"{state.global_step})",
-                             dx.STARVED_ADVICE)
-            elif self.starved_logs == 0:
-                self._clear("starved")
 
     def _check_overfitting(self, state, eval_loss: float):
         if not math.isfinite(eval_loss):

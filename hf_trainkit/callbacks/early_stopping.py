@@ -9,15 +9,16 @@ from transformers.utils import logging
 
 from .stateful import StatefulCallback
 
-from ..checkpointing.policy import is_eval_key
+from ..argparsing import UsageError
 from ..checkpointing.save_request import request_save, saving_enabled
-from ..diagnostics import ema_step, improvement
+from ..metric_rules import (MONITOR_OP, SmoothedMetric, SmoothedStateAttributes, check_mode, is_eval_key,
+                            is_improvement)
 
 
 logger = logging.get_logger(__name__)
 
 
-class MonitorNotLoggedError(ValueError):
+class MonitorNotLoggedError(UsageError, ValueError):
     """The monitored key is not among the logged ones (strict mode): a configuration mistake, found at step 1."""
 
 
@@ -45,7 +46,7 @@ class StoppingCheck:
     reason: str = ""
 
 
-class MetricEarlyStoppingCallback(StatefulCallback):
+class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
     """Stop training when a logged metric stops improving, diverges, or reaches a target; a final checkpoint is
     saved (when saving is on).
 
@@ -76,8 +77,7 @@ class MetricEarlyStoppingCallback(StatefulCallback):
                  divergence_threshold: float | None = None, smoothing: float = 0.0, strict: bool = True):
         if not monitor:
             raise ValueError("MetricEarlyStoppingCallback: monitor is empty; name a logged key such as 'eval_loss'.")
-        if mode not in ("min", "max"):
-            raise ValueError(f"MetricEarlyStoppingCallback: mode={mode!r} must be 'min' or 'max'.")
+        check_mode(mode, "MetricEarlyStoppingCallback")
         if patience < 1:
             raise ValueError(f"MetricEarlyStoppingCallback: patience={patience!r} must be >= 1.")
         if min_delta < 0:
@@ -89,8 +89,7 @@ class MetricEarlyStoppingCallback(StatefulCallback):
         self.divergence_threshold, self.smoothing, self.strict = divergence_threshold, smoothing, strict
         self.best: float | None = None
         self.wait = 0
-        self.ema_accumulator = 0.0
-        self.ema_count = 0
+        self.smoother = SmoothedMetric(smoothing)
         self.stopped_step: int | None = None
         self.stopping_reason = ""
         self.seen_keys: list[str] = []
@@ -103,17 +102,10 @@ class MetricEarlyStoppingCallback(StatefulCallback):
                      "stopping_threshold": self.stopping_threshold,
                      "divergence_threshold": self.divergence_threshold, "smoothing": self.smoothing,
                      "strict": self.strict},
-            "attributes": {"best": self.best, "wait": self.wait, "ema_accumulator": self.ema_accumulator,
-                           "ema_count": self.ema_count, "stopped_step": self.stopped_step,
-                           "stopping_reason": self.stopping_reason},
+            "attributes": {"best": self.best, "wait": self.wait, **self.smoother.state_dict(),
+                           "stopped_step": self.stopped_step, "stopping_reason": self.stopping_reason},
         }
 
-    def _smoothed(self, value: float) -> float:
-        if not self.smoothing or not math.isfinite(value):
-            return value
-        self.ema_accumulator, self.ema_count, smoothed = ema_step(self.ema_accumulator, self.ema_count, value,
-                                                                  self.smoothing)
-        return smoothed
 
     def check(self, value: float) -> StoppingCheck:
         """Update with one logged value and decide (pure of the trainer: testable on a list of values)."""
@@ -122,14 +114,14 @@ class MetricEarlyStoppingCallback(StatefulCallback):
             if self.check_finite:
                 return StoppingCheck(True, f"{name} is {value}: stopping (check_finite=True)")
             return StoppingCheck(False)
-        value = self._smoothed(value)
-        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
+        value = self.smoother.update(value)
+        better = MONITOR_OP[self.mode]
         if self.divergence_threshold is not None and better(self.divergence_threshold, value):
             return StoppingCheck(True, f"{name}={value:.4g} is worse than divergence_threshold="
                                        f"{self.divergence_threshold}")
         if self.stopping_threshold is not None and not better(self.stopping_threshold, value):
             return StoppingCheck(True, f"{name}={value:.4g} reached stopping_threshold={self.stopping_threshold}")
-        if self.best is None or improvement(self.best, value, self.mode) > self.min_delta:
+        if is_improvement(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return StoppingCheck(False)
         self.wait += 1

@@ -1,39 +1,52 @@
-"""Act on a running training: named saves on demand, graceful stop, status (files in the run dir, optional HTTP)."""
+"""Act on a running training: named saves on demand, graceful stop, status (files in the run dir, optional HTTP),
+and the signals a scheduler or a terminal sends (save and stop)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..checkpointing.control import (TOKEN_FILE, ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
+from ..checkpointing.control import (ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
                                      reject_pending, write_response, write_status, write_token)
 from ..checkpointing.marker import read_marker
-from ..checkpointing.save_request import request_save
-from ..distributed import agree_on_max, broadcast_from_main
+from ..constants import TOKEN_FILE, checkpoint_dir
+from ..checkpointing.save_request import mark_preempted, request_save, saving_enabled
+from ..distributed import agree_on_max_each, broadcast_from_main
 
 
 logger = logging.get_logger(__name__)
 
+# What a rank asks for at a step boundary, in increasing strength: all ranks agree on the strongest any asked for.
 NOTHING, SAVE, STOP = 0, 1, 2
 STATUS_EVERY_SECONDS = 1.0
+# Signals that mean "save and stop": a scheduler's SIGTERM, Ctrl-C (SIGINT), a closed terminal or ssh (SIGHUP).
+# SIGUSR1 means "save and go on".
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
+SAVE_SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR1", None),) if s is not None)
 
 
 class LiveControlCallback(TrainerCallback):
-    """Take requests while training runs: `hf-trainkit control save|stop|status RUN_DIR` or the HTTP endpoint.
+    """Take requests while training runs: `hf-trainkit control save|stop|status RUN_DIR`, the HTTP endpoint, and
+    signals.
 
     - **save** (optionally with a name): a checkpoint at the next step boundary, training goes on. A named
       checkpoint is pinned: rotation never deletes it; `hf-trainkit checkpoints list` shows its name.
     - **stop**: save and end training after the current step (the run counts as finished, like early stopping).
     - **status**: `RUN_DIR/control/status.json` (step, epoch, last metrics, state), refreshed at most every second.
+    - **signals**: SIGTERM, SIGINT (Ctrl-C) and SIGHUP ask for a save and a clean stop at the next step boundary
+      (preemption: the run is not finished, the same command resumes), SIGUSR1 for a save and go on. The same
+      signal a second time exits at once (a second Ctrl-C); a launcher's SIGTERM after a Ctrl-C does not.
 
-    The main process checks the request folder at each step boundary (one `stat`) and every rank learns
-    the decision through one small all-reduce (plus a broadcast of the request when there is one), so all ranks
-    save and stop at the same step. With `port` set, the main process also serves the HTTP endpoint of
+    The main process checks the request folder at each step boundary (one `stat`); signals reach any rank. Every
+    rank learns both through one small all-reduce per step (plus a broadcast of the request when there is one), so
+    all ranks save and stop at the same step. With `port` set, the main process also serves the HTTP endpoint of
     [`~checkpointing.control_server.ControlServer`] on `host` (127.0.0.1 unless told otherwise); the token is in
     `RUN_DIR/control_token`, readable by the user only. If the port cannot be opened, training goes on with the
     file transport and a warning.
@@ -41,10 +54,21 @@ class LiveControlCallback(TrainerCallback):
     Args:
         port (`int`, *optional*): HTTP port (0 picks a free one; its number is in the status file). None: files only.
         host (`str`, *optional*, defaults to `"127.0.0.1"`): interface to listen on.
+        watch_requests (`bool`, *optional*, defaults to `True`): take `hf-trainkit control` requests (False:
+            signals only).
+        handle_signals (`bool`, *optional*, defaults to `True`): install the signal handlers (main thread only).
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", watch_requests: bool = True,
+                 handle_signals: bool = True):
         self.port, self.host = port, host
+        self.watch_requests, self.handle_signals = watch_requests, handle_signals
+        self.requested = NOTHING  # what the signals received since the last step boundary ask for
+        self.preempted = False
+        self.stop_signal: str | None = None  # the signal that stopped training, e.g. "SIGINT"
+        self.saved_on_stop: str | None = None  # the checkpoint written when it stopped
+        self._previous_handlers: dict = {}
+        self._stop_signals_seen: list[int] = []
         self.server = None
         self.endpoint: dict | None = None
         self.stopped_by_request = False
@@ -56,8 +80,23 @@ class LiveControlCallback(TrainerCallback):
 
     # --- set-up and status -------------------------------------------------------------------------------------------
 
+    def _on_signal(self, signum, frame):
+        if signum in STOP_SIGNALS:
+            if signum in self._stop_signals_seen:
+                # print, not the logger: a signal handler must not wait for a lock the interrupted code may hold.
+                print(f"Second {signal.Signals(signum).name}: exiting now, without saving.", flush=True)
+                os._exit(128 + signum)
+            self._stop_signals_seen.append(signum)
+            self.stop_signal = self.stop_signal or signal.Signals(signum).name
+            self.requested = max(self.requested, STOP)
+        else:
+            self.requested = max(self.requested, SAVE)
+
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (*STOP_SIGNALS, *SAVE_SIGNALS):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        if not state.is_world_process_zero or not self.watch_requests:
             return
         try:
             prepare_control_dir(args.output_dir)
@@ -83,8 +122,7 @@ class LiveControlCallback(TrainerCallback):
                            f"`hf-trainkit control ... {args.output_dir}` (request files) instead.")
             return
         self.endpoint = {"url": self.server.url, "token_file": str(Path(args.output_dir) / TOKEN_FILE)}
-        print(f"Live control: {self.server.url} (Authorization: Bearer $(cat {self.endpoint['token_file']}))",
-              flush=True)
+        logger.warning(f"Live control: {self.server.url} (Authorization: Bearer $(cat {self.endpoint['token_file']}))")
 
     def _write_status(self, args, state, run_state: str, force: bool = False):
         now = time.monotonic()
@@ -104,7 +142,7 @@ class LiveControlCallback(TrainerCallback):
             logger.warning(f"LiveControlCallback: could not write the status file ({error}).")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and self.watch_requests:
             self._write_status(args, state, "running")
 
     # --- requests: one decision on every rank ----------------------------------------------------------------------
@@ -120,11 +158,25 @@ class LiveControlCallback(TrainerCallback):
             return None
 
     def on_step_end(self, args, state, control, **kwargs):
-        request = self._next_request(args) if state.is_world_process_zero else None
-        code = {None: NOTHING, "save": SAVE, "stop": STOP}[request and request["action"]]
-        if agree_on_max(code) == NOTHING:
-            return
-        request = broadcast_from_main(request)
+        request = self._next_request(args) if state.is_world_process_zero and self.watch_requests else None
+        request_code = {None: NOTHING, "save": SAVE, "stop": STOP}[request and request["action"]]
+        signal_code, request_code = agree_on_max_each([self.requested, request_code])  # one all-reduce per step
+        if signal_code != NOTHING:
+            self.requested = NOTHING
+            self._apply_signal(args, state, control, signal_code)
+        if request_code != NOTHING:
+            self._apply_request(args, state, control, broadcast_from_main(request))
+
+    def _apply_signal(self, args, state, control, code: int):
+        if code == STOP:
+            control.should_training_stop = True
+            self.preempted = True
+            mark_preempted(control)
+        # With checkpoints switched off, a preemption only stops cleanly: the user asked for no checkpoint.
+        if saving_enabled(args):
+            request_save(control, state, "preempt" if code == STOP else "manual")
+
+    def _apply_request(self, args, state, control, request: dict):
         extra = {"stopped_by": "control request"} if request["action"] == "stop" else {}
         request_save(control, state, "manual", name=request.get("name"), pinned=bool(request.get("name")),
                      request_id=request["id"], **extra)
@@ -137,7 +189,7 @@ class LiveControlCallback(TrainerCallback):
             self._respond(args, request, state.global_step, status="saving")
             what = f"checkpoint {request['name']!r}" if request.get("name") else "a checkpoint"
             then = "then stopping" if request["action"] == "stop" else "training goes on"
-            print(f"Control request {request['id']}: saving {what} at step {state.global_step}, {then}.", flush=True)
+            logger.warning(f"Control request {request['id']}: saving {what} at step {state.global_step}, {then}.")
 
     def _answer_finished_saves(self, args, state):
         """Answer requests whose save is done (called after the save, at the next step boundary or the end)."""
@@ -145,7 +197,7 @@ class LiveControlCallback(TrainerCallback):
             return
         done = [r for r in self._awaiting if r["step"] <= state.global_step]
         for request in done:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{request['step']}"
+            checkpoint = checkpoint_dir(args.output_dir, request["step"])
             if read_marker(checkpoint):
                 self._respond(args, request, request["step"], status="done", checkpoint=str(checkpoint))
             else:
@@ -164,10 +216,15 @@ class LiveControlCallback(TrainerCallback):
         self._answer_finished_saves(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+        if self.preempted and read_marker(checkpoint_dir(args.output_dir, state.global_step)):
+            self.saved_on_stop = str(checkpoint_dir(args.output_dir, state.global_step))
         self._answer_finished_saves(args, state)
         if self.server is not None:
             self.server.stop()
             self.server = None
-        if state.is_world_process_zero:
-            finished = state.global_step >= state.max_steps > 0 and not self.stopped_by_request
+        if state.is_world_process_zero and self.watch_requests:
+            finished = state.global_step >= state.max_steps > 0 and not (self.stopped_by_request or self.preempted)
             self._write_status(args, state, "finished" if finished else "stopped", force=True)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from ..constants import IMAGE_DIR, LOSS_CURVE, REWARD_CURVE, STATS_FILE
+
 
 logger = logging.get_logger(__name__)
 
-STATS_FILE = "training_stats.json"
-IMAGE_DIR = "img"
 EPOCH_LINE_GID = "epoch-boundary"
 
 
@@ -23,18 +24,14 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
     Returns `None` when the key was never logged. Epoch boundaries are the steps at which the integer part of
     `epoch` first grows; per-epoch averages group the logs by that integer part.
     """
-    steps, values, epochs = [], [], []
-    for entry in log_history:
-        value = entry.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or "train_runtime" in entry:
-            continue
-        if any(k.startswith(("eval_", "eval/")) for k in entry):
-            continue
-        steps.append(entry.get("step", len(steps)))
-        values.append(float(value))
-        epochs.append(entry.get("epoch"))
-    if not values:
+    from ..monitor.load import parse_state
+
+    # The monitor's reader: the same split of training logs, evaluations and the final summary as `hf-trainkit
+    # monitor` makes, so the end-of-training figure and the monitor's never disagree on what a point is.
+    series = parse_state({"log_history": log_history}, Path("log_history"), "run").train.get(key)
+    if series is None or not series.values:
         return None
+    steps, values, epochs = series.steps, [float(v) for v in series.values], series.epochs
     boundaries, per_epoch = [], {}
     previous = None
     for step, value, epoch in zip(steps, values, epochs):
@@ -74,11 +71,9 @@ def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None
     """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), per-epoch average segments, the legend
     beside the plot and the figures in one line under it (neither covers a data point); save to `path`. Returns the
     figure (closed) so callers can inspect what was drawn."""
-    import matplotlib
+    from ..monitor.plots import headless_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     key = stats["key"]
     ax.plot(stats["steps"], stats["values"], color="tab:blue", linewidth=1.2,
@@ -107,7 +102,7 @@ def curve_titles(mode: str | None) -> dict[str, str]:
     loss = "Training loss"
     if mode == "grpo":
         loss += " (GRPO's loss is ~0 by construction: the reward is what moves)"
-    return {"loss_curve.png": loss, "reward_curve.png": "Reward" + (f" ({mode.upper()})" if mode else "")}
+    return {LOSS_CURVE: loss, REWARD_CURVE: "Reward" + (f" ({mode.upper()})" if mode else "")}
 
 
 class LossCurveCallback(TrainerCallback):
@@ -161,7 +156,7 @@ class LossCurveCallback(TrainerCallback):
         mode = getattr(args, "mode", None) or ("grpo" if reward else None)
         titles = curve_titles(str(mode).replace("_", "-") if mode else None)
         self.titles = {}
-        for curve, name in ((loss, "loss_curve.png"), (reward, "reward_curve.png")):
+        for curve, name in ((loss, LOSS_CURVE), (reward, REWARD_CURVE)):
             if curve:
                 plot_curve(curve, os.path.join(image_dir, name), total_steps=state.global_step, epochs=epochs,
                            title=titles[name])

@@ -8,13 +8,13 @@ import uuid
 
 from transformers.utils import logging
 
-from ..checkpointing.policy import is_eval_key
+from ..constants import WANDB_RUN_ID_FILE
+from ..metric_rules import is_eval_key
 from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
 
-WANDB_RUN_ID_FILE = "wandb_run_id.txt"
 # Keys whose window value is the last one (a position or a schedule value), and keys that are counts (summed).
 LAST_VALUE_KEYS = ("learning_rate", "epoch", "num_tokens", "total_flos", "num_input_tokens_seen")
 SUM_SUFFIXES = ("_samples",)
@@ -87,7 +87,6 @@ class WandbEveryNCallback(StatefulCallback):
         self.window: dict[str, list[float]] = {}  # a plain dict: it round-trips through trainer_state.json
         self.last_logged_step = 0
         self.run_id: str | None = None
-        self._wandb = None
         self._run = None
         self._disabled = False
 
@@ -111,7 +110,6 @@ class WandbEveryNCallback(StatefulCallback):
             raise ImportError("WandbEveryNCallback needs wandb: pip install wandb")
         import wandb
 
-        self._wandb = wandb
         if "wandb" in (args.report_to or []):
             logger.warning("WandbEveryNCallback: 'wandb' is also in report_to, so transformers logs every step to W&B "
                            "too; remove it from report_to to get one record every N steps.")
@@ -182,7 +180,7 @@ class WandbEveryNCallback(StatefulCallback):
             run_dir = os.path.dirname(self._run.dir)
             self._run.finish()
             if offline:
-                print(f"W&B run saved offline; upload it with: wandb sync {run_dir}")
+                logger.warning(f"W&B run saved offline; upload it with: wandb sync {run_dir}")
         except Exception as error:
             self._warn("wandb.finish", error)
         self._run = None

@@ -5,7 +5,8 @@
 
 from .discover import find_resume_checkpoint, list_checkpoints, read_training_complete
 from .marker import read_marker, write_complete_marker
-from .policy import best_checkpoints, default_mode, is_improvement, validate_checkpoint_name
+from ..metric_rules import default_mode, is_improvement
+from .policy import best_checkpoints, validate_checkpoint_name
 from .save_request import request_save
 from .rotate import checkpoints_to_delete
 from .validate import COMPLETE_MARKER, TRAINING_COMPLETE, CheckpointInfo, inspect_checkpoint

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from ..argparsing import OneLineArgumentParser, UsageError, run_command
+
+
+PROG = "hf-trainkit checkpoints"
 
 
 def _size(num_bytes: int) -> str:
@@ -31,7 +35,7 @@ def _metrics_text(metrics: dict, limit: int = 3) -> str:
 
 
 def checkpoints_command_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-trainkit checkpoints",
+    parser = OneLineArgumentParser(prog=PROG,
                                      description="Find, list and inspect checkpoints (nothing is ever deleted).")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     latest = sub.add_parser("latest", help="print the newest valid checkpoint of DIR (exit 1 if none)")
@@ -52,15 +56,17 @@ def checkpoints_command_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, checkpoints_command, checkpoints_command_parser().parse_args(argv))
+
+
+def checkpoints_command(args) -> int:
     from .discover import find_resume_checkpoint, list_checkpoints
     from .validate import inspect_checkpoint
 
-    args = checkpoints_command_parser().parse_args(argv)
     if args.action == "inspect":
         path = Path(args.checkpoint)
         if not path.is_dir():
-            print(f"hf-trainkit checkpoints: {path}: no such directory.", file=sys.stderr)
-            return 2
+            raise UsageError(f"{path}: no such directory.")
         info = inspect_checkpoint(path, compute_size=True, verify=args.verify)
         print(json.dumps({"path": str(info.path), "step": info.step, "valid": info.valid,
                           "why_not": info.reason or None, "size_bytes": info.size_bytes, "metrics": info.metrics,
@@ -68,13 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                           "files": len(info.marker.get("files", {})) or None}, indent=2, default=str))
         return 0 if info.valid else 1
     if not Path(args.output_dir).is_dir():
-        print(f"hf-trainkit checkpoints: {args.output_dir}: no such directory.", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.output_dir}: no such directory.")
     if args.action == "latest":
         found = find_resume_checkpoint(args.output_dir, warn=False, verify=args.verify)
         if found is None:
-            print(f"hf-trainkit checkpoints: no valid checkpoint in {args.output_dir}.", file=sys.stderr)
-            return 1
+            raise UsageError(f"no valid checkpoint in {args.output_dir}.", exit_code=1)
         print(found)
         return 0
     infos = list_checkpoints(args.output_dir, include_strays=True, compute_size=True, verify=args.verify)

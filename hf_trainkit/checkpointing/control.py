@@ -20,13 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
+from ..constants import CONTROL_DIR, REJECTED_DIR, REQUESTS_DIR, RESPONSES_DIR, STATUS_FILE, TOKEN_FILE
 from .discover import list_checkpoints
 from .marker import write_json_atomically
 from .policy import validate_checkpoint_name
 
 
 ACTIONS = ("save", "stop")
-TOKEN_FILE = "control_token"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids become file names: no '/', '..', NUL or absolute paths
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16
@@ -41,19 +41,19 @@ class ControlError(ValueError):
 
 
 def control_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "control"
+    return Path(run_dir) / CONTROL_DIR
 
 
 def _requests_dir(run_dir) -> Path:
-    return control_dir(run_dir) / "requests"
+    return control_dir(run_dir) / REQUESTS_DIR
 
 
 def _responses_dir(run_dir) -> Path:
-    return control_dir(run_dir) / "responses"
+    return control_dir(run_dir) / RESPONSES_DIR
 
 
 def _rejected_dir(run_dir) -> Path:
-    return control_dir(run_dir) / "rejected"
+    return control_dir(run_dir) / REJECTED_DIR
 
 
 def json_depth(value, limit: int) -> int:
@@ -281,13 +281,13 @@ def is_queued(run_dir: str | os.PathLike, request_id: str) -> bool:
 
 def write_status(run_dir: str | os.PathLike, status: dict):
     control_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(control_dir(run_dir) / "status.json", {**status, "updated_at": time.time()},
+    write_json_atomically(control_dir(run_dir) / STATUS_FILE, {**status, "updated_at": time.time()},
                           durable=False)
 
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:
     try:
-        status = json.loads(read_regular_file(control_dir(run_dir) / "status.json", 1 << 20))
+        status = json.loads(read_regular_file(control_dir(run_dir) / STATUS_FILE, 1 << 20))
     except (ControlError, ValueError, RecursionError):
         return None
     return status if isinstance(status, dict) else None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from ..argparsing import report_error
 from .command import format_number
 from .control import ControlError, checkpoint_table, read_response, read_status, submit_request
 
@@ -34,7 +34,7 @@ def control_command_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"hf-trainkit control: {message}", file=sys.stderr)
+    report_error("hf-trainkit control", message)
     return code
 
 

@@ -70,7 +70,7 @@ def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True, 
 
 
 def read_training_complete(output_dir: str | os.PathLike) -> dict | None:
-    """The record `ResumableCheckpointsCallback` writes when training ran to its end, or None."""
+    """The record `CheckpointManagerCallback` writes when training ran to its end, or None."""
     path = Path(output_dir) / TRAINING_COMPLETE
     try:
         record = json.loads(path.read_bytes())

@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from .background import BackgroundWorker
-from .validate import COMPLETE_MARKER, CHECKPOINT_PATTERN
+from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, SUPERSEDED_DIR, checkpoint_dir, checkpoint_name
 
 
 logger = logging.get_logger(__name__)
@@ -109,7 +109,7 @@ class CheckpointMirror:
             keep = self.save_total_limit - 1 if room_for_one_more else self.save_total_limit
             doomed += complete[: max(len(complete) - keep, 0)]
         for step in doomed:
-            self._remove(posixpath.join(self.root, f"checkpoint-{step}"))
+            self._remove(posixpath.join(self.root, checkpoint_name(step)))
         return doomed
 
     def set_aside(self, after_step: int, stamp: str | None = None):
@@ -120,16 +120,16 @@ class CheckpointMirror:
         newer = [s for s in self._all_steps() if s > after_step]
         if not newer:
             return
-        target = posixpath.join(self.root, "superseded", stamp or time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        target = posixpath.join(self.root, SUPERSEDED_DIR, stamp or time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
         self.fs.makedirs(target, exist_ok=True)
         for step in newer:
-            name = f"checkpoint-{step}"
+            name = checkpoint_name(step)
             self.fs.mv(posixpath.join(self.root, name), posixpath.join(target, name), recursive=True)
 
     def pull(self, step: int, output_dir: str | Path) -> Path:
         """Download mirrored `checkpoint-<step>` into `output_dir` (marker last) and return its local path."""
-        remote = posixpath.join(self.root, f"checkpoint-{step}")
-        local = Path(output_dir) / f"checkpoint-{step}"
+        remote = posixpath.join(self.root, checkpoint_name(step))
+        local = checkpoint_dir(output_dir, step)
         files = [(path, str(local / posixpath.relpath(path, remote))) for path in self.fs.find(remote)]
         self._copy_tree(files, put=False)
         return local

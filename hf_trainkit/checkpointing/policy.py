@@ -8,42 +8,7 @@ import re
 from .validate import CheckpointInfo
 
 
-# Keys where higher is better; everything else (losses, KL, perplexity ...) is minimised.
-_MAX_KEY = re.compile(r"reward|accuracy|acc\b|f1|precision|recall|bleu|rouge|exact_match|score|pass@|win_rate")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def default_mode(key: str) -> str:
-    """'max' for rewards, accuracies and scores, 'min' for everything else (losses)."""
-    return "max" if _MAX_KEY.search(key.lower()) else "min"
-
-
-def is_eval_key(key: str) -> bool:
-    """Whether `key` comes from an evaluation (`eval_loss` from the Trainer, `eval/pass@1` from `PassAtKCallback`):
-    logged only when an evaluation runs, and already an average over a whole evaluation set."""
-    return key.startswith(("eval_", "eval/"))
-
-
-def default_smoothing(key: str) -> float:
-    """EMA weight for a monitored key when the user gives none.
-
-    Training-log metrics (`reward`, `loss`, `nsr/avg_reward`) come from one batch each and are noisy: a lucky batch
-    must not count as an improvement, so they are smoothed with weight 0.9 (TensorBoard's default slider, about
-    the last 10 logs). Evaluation metrics (`is_eval_key`) already average a whole evaluation set: compared raw.
-    """
-    return 0.0 if is_eval_key(key) else 0.9
-
-
-def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0,
-                   relative: bool = False) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` (absolute, or a fraction of |best| if `relative`)."""
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    gain = (best - value) if mode == "min" else (value - best)
-    threshold = min_delta * abs(best) if relative else min_delta
-    return gain > threshold
 
 
 def monitored_value(info: CheckpointInfo, key: str) -> float | None:

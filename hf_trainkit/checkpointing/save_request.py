@@ -2,7 +2,7 @@
 
 `TrainerControl` is the object every callback already shares with the `Trainer` to ask for a save
 (`control.should_save`); `request_save` sets that flag and records the reason, an optional name and whether to pin
-the checkpoint, which the checkpoint manager (`ResumableCheckpointsCallback`) writes into the completion marker.
+the checkpoint, which the checkpoint manager (`CheckpointManagerCallback`) writes into the completion marker.
 Your own callbacks can use it too.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 # Strongest first: when several callbacks ask for a save at the same step, the marker's `reason` is the strongest.
 REASONS = ("manual", "preempt", "improved", "final", "interval")
 _ATTRIBUTE = "_hf_trainkit_save_request"
+_PREEMPTED = "_hf_trainkit_preempted"
 
 
 @dataclass
@@ -23,10 +24,6 @@ class SaveRequest:
     name: str | None = None
     pinned: bool = False
     extra: dict = field(default_factory=dict)
-
-    @property
-    def reason(self) -> str:
-        return min(self.reasons, key=REASONS.index) if self.reasons else "interval"
 
 
 def request_save(control, state, reason: str, *, name: str | None = None, pinned: bool = False,
@@ -63,3 +60,13 @@ def pop_save_request(control, state) -> SaveRequest | None:
 def saving_enabled(args) -> bool:
     """False when the run was told to write no checkpoint (`save_strategy="no"`, `--no-save-checkpoints`)."""
     return str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+
+
+def mark_preempted(control):
+    """Say on `TrainerControl` that training stops because of a signal, not because it is done: the checkpoint
+    manager then writes no `training_complete.json`, so the same command resumes."""
+    setattr(control, _PREEMPTED, True)
+
+
+def was_preempted(control) -> bool:
+    return bool(getattr(control, _PREEMPTED, False))

@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import CHECKPOINT_PATTERN, TRAINING_COMPLETE
+from ..constants import CHECKPOINT_PATTERN, SUPERSEDED_DIR, TRAINING_COMPLETE
 
 
-SUPERSEDED_DIR = "superseded"
 
 
 @dataclass

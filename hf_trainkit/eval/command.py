@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..argparsing import OneLineArgumentParser, UsageError, run_command
 from ..constants import BASE_MODEL_DIR, EVAL_RESULTS, RUN_RECORD
+
+
+PROG = "hf-trainkit eval"
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
                 "adapter_model.bin")
 
 
-class EvalInputError(Exception):
+class EvalInputError(UsageError):
     """A target or flag that cannot be evaluated: one line, exit code 2."""
 
 
@@ -31,10 +34,8 @@ class Target:
 
 
 def eval_command_parser() -> argparse.ArgumentParser:
-    from ..argparsing import OneLineArgumentParser
-
     parser = OneLineArgumentParser(
-        prog="hf-trainkit eval",
+        prog=PROG,
         description="pass@k across k, first-answer-token entropy and answer coverage of saved models, on the run's "
         "evaluation prompts (the toy task's held-out prompts by default).")
     parser.add_argument("targets", nargs="+", metavar="RUN_OR_CHECKPOINT",
@@ -147,7 +148,7 @@ def load_model(target: Target):
 
 def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     """(rows, description) of the prompts to evaluate on."""
-    from ..rl.train_grpo import UsageError, load_prompt_dataset
+    from ..training.inputs import load_prompt_dataset
     from ..toy import build_toy_dataset
 
     dataset = args.dataset or record.get("eval_dataset")
@@ -162,10 +163,7 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
         raise EvalInputError("no evaluation prompts: pass --dataset (the run trained on its own dataset and named no "
                              "--eval-dataset).")
     split = args.split or record.get("eval_split") or "test"
-    try:
-        loaded = load_prompt_dataset("--dataset", dataset, None, split, column)
-    except UsageError as error:
-        raise EvalInputError(str(error)) from None
+    loaded = load_prompt_dataset("--dataset", dataset, None, split, column)
     return [dict(row) for row in loaded], f"{dataset} ({split})"
 
 
@@ -246,23 +244,16 @@ def eval_command(args) -> int:
 def write_figure(results: list[dict], output_dir: Path) -> Path | None:
     """pass_at_k.png; a figure that cannot be drawn is skipped with a warning (the JSON is what matters)."""
     from ..monitor.pass_at_k import write_pass_at_k_figure
-    from ..monitor.plots import _pyplot
+    from ..monitor.plots import headless_pyplot
 
     curves = [(r["label"], {int(key.split("@")[1]): value for key, value in r["metrics"].items()
                             if key.startswith("pass@")}, r["label"] == "base") for r in results]
     try:
-        return write_pass_at_k_figure(_pyplot(), curves, output_dir / "pass_at_k.png", "pass@k against k")
+        return write_pass_at_k_figure(headless_pyplot(), curves, output_dir / "pass_at_k.png", "pass@k against k")
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"hf-trainkit eval: warning: skipped pass_at_k.png ({error}).", file=sys.stderr)
+        print(f"{PROG}: warning: skipped pass_at_k.png ({error}).", file=sys.stderr)
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = eval_command_parser().parse_args(argv)
-    try:
-        return eval_command(args)
-    except EvalInputError as error:
-        if os.environ.get("HF_TRAINKIT_DEBUG"):
-            raise
-        print(f"hf-trainkit eval: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(PROG, eval_command, eval_command_parser().parse_args(argv))

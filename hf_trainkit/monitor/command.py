@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..argparsing import OneLineArgumentParser, report_error, run_command
 from .load import MonitorInputError, RunHistory, load_run
 
 
+PROG = "hf-trainkit monitor"
 X_AXES = ("step", "epoch", "time")
 
 
@@ -40,7 +42,7 @@ def monitor_command_parser(subparsers=None) -> argparse.ArgumentParser:
         parser = subparsers.add_parser("monitor", help="plot or compare runs from trainer_state.json",
                                        description=description)
     else:
-        parser = argparse.ArgumentParser(prog="hf-trainkit monitor", description=description)
+        parser = OneLineArgumentParser(prog=PROG, description=description)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="output dir, checkpoint dir or trainer_state.json")
     parser.add_argument("--labels", "--label", nargs="+", metavar="LABEL",
                         help="one label per RUN, in order (default: the run directory's name)")
@@ -186,7 +188,7 @@ def monitor_command(args) -> int:
     while True:
         runs, errors = load_runs(paths, labels, show_progress)
         for error in errors:
-            print(f"hf-trainkit monitor: {error}", file=sys.stderr)
+            report_error(PROG, error)
         if runs:
             written = render(runs, args, output_dir, show_progress)
             if args.watch is None:
@@ -212,16 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        return monitor_command(args)
-    except MonitorInputError as error:
-        if os.environ.get("HF_TRAINKIT_DEBUG"):
-            raise
-        print(f"hf-trainkit monitor: {error}", file=sys.stderr)
-        return 2
+        return run_command(PROG, monitor_command, args)
     except KeyboardInterrupt:
         return 130
     except OSError as error:  # writing the outputs failed midway (disk full, folder removed)
         if os.environ.get("HF_TRAINKIT_DEBUG"):
             raise
-        print(f"hf-trainkit monitor: cannot write to {args.output_dir} ({error.strerror or error}).", file=sys.stderr)
+        report_error(PROG, f"cannot write to {args.output_dir} ({error.strerror or error}).")
         return 2

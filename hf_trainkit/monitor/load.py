@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..argparsing import UsageError
 from ..constants import CHECKPOINT_PATTERN, TRAINER_STATE_NAME
 
 
@@ -22,7 +23,7 @@ _LARGEST_FLOAT = 1.7976931348623157e308
 _NOT_METRICS = {"step", "epoch"}
 
 
-class MonitorInputError(ValueError):
+class MonitorInputError(UsageError, ValueError):
     """A RUN that cannot be read: reported as one line, exit code 2."""
 
 

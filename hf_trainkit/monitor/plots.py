@@ -22,7 +22,7 @@ MODE_PANELS = (
 MODE_PREFIXES = ("grpo", "psr", "nsr", "w_reinforce")
 
 
-def _pyplot():
+def headless_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on a training node
@@ -91,7 +91,7 @@ class FigureWriter:
     def __init__(self, runs: list[RunHistory], output_dir: Path, *, x: str = "step", smooth: float = 0.0,
                  log_y: bool = False, dpi: int = 110):
         self.runs, self.output_dir, self.x, self.smooth, self.log_y, self.dpi = runs, output_dir, x, smooth, log_y, dpi
-        self.plt = _pyplot()
+        self.plt = headless_pyplot()
         cycle = self.plt.get_cmap("tab10")
         self.colors = {id(run): cycle(index % 10) for index, run in enumerate(runs)}
         self.written: list[Path] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..diagnostics import diagnose, is_finite
+from ..metric_rules import default_mode
 from .load import RunHistory, Series
 
 
@@ -25,11 +26,10 @@ def monitored_metric(run: RunHistory) -> tuple[str, str] | None:
     if run.is_rl:
         key = "reward" if "reward" in run.train else next(
             k for k in run.train if k.startswith("rewards/") and k.endswith("/mean"))
-        return key, "max"
-    if "loss" in run.train:
-        return "loss", "min"
-    if "eval_loss" in run.eval:
-        return "eval_loss", "min"
+        return key, default_mode(key)
+    for key, table in (("loss", run.train), ("eval_loss", run.eval)):
+        if key in table:
+            return key, default_mode(key)
     return None
 
 

@@ -16,10 +16,11 @@ from hf_trainkit.callbacks import (LossCurveCallback, MetricEarlyStoppingCallbac
                                    WandbEveryNCallback, aggregate_window, curve_stats, wandb_key)
 from hf_trainkit.callbacks.loss_curve import EPOCH_LINE_GID, plot_curve
 
+from tests.testing_utils import ROOT
+
 from .wandb_records import history_rows
 
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_logs(trainer):
@@ -62,7 +63,7 @@ def test_wandb_run_continues_after_resume(tmp_path):
     first = subprocess.run([*map(str, common), "--max-steps", "6"], capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     run_id = (out / "wandb_run_id.txt").read_text().strip()
-    assert f"wandb sync {out}/wandb/offline-run-" in first.stdout
+    assert f"wandb sync {out}/wandb/offline-run-" in first.stdout + first.stderr
     second = subprocess.run([*map(str, common), "--max-steps", "9", "--resume-from-checkpoint", "latest"],
                             capture_output=True, text=True, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -179,15 +180,12 @@ def test_spike_is_reported_once_per_episode():
     assert "lower the learning rate" in callback.findings[0]["advice"]
 
 
-def test_nan_and_plateau_and_starvation():
+def test_nan_and_plateau():
     values = clean_curve(60) + [float("nan")] + [0.35] * 3
     kinds, _ = drive(TrainingDiagnosticsCallback(patience=500), values)
     assert kinds == ["non_finite"]
     kinds, callback = drive(TrainingDiagnosticsCallback(patience=20), [1.0 + 0.001 * (s % 3) for s in range(100)])
     assert kinds == ["plateau"] and callback.findings[0]["step"] == 21  # best at 1, then 20 logs without gain
-    kinds, _ = drive(TrainingDiagnosticsCallback(patience=500, starvation_logs=5), [0.5] * 12, key="reward",
-                     extra=lambda step: {"psr/kept_ratio": 0.0})
-    assert kinds.count("starved") == 1
 
 
 def test_a_collapsing_reward_is_a_collapse_not_a_plateau():

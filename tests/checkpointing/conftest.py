@@ -1,30 +1,23 @@
 """Helpers and fixtures of the checkpointing tests: real training runs of scripts/train_grpo.py."""
 
-import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.testing_utils import TRAIN, log_history, run_script
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "scripts" / "train_grpo.py"
+
 QUIET = ["--quiet", "--no-loss-curve", "--no-diagnostics"]
 
 
 def train(output_dir, *extra, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(output_dir), "--seed", "3",
-                           *QUIET, *map(str, extra)], capture_output=True, text=True, env=env, timeout=timeout)
+    return run_script(TRAIN, "--mode", "psr", "--output-dir", output_dir, "--seed", 3, *QUIET, *extra, timeout=timeout)
 
 
 def curves(output_dir):
     """(step, reward, grad_norm, entropy) of every training log: what must match bit for bit after a resume."""
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
-    return [(h["step"], h["reward"], h["grad_norm"], h["entropy"]) for h in history if "reward" in h]
+    return [(h["step"], h["reward"], h["grad_norm"], h["entropy"]) for h in log_history(output_dir) if "reward" in h]
 
 
 def start_and_wait_for_step(command, step: int, env):

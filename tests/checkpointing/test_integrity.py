@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hf_trainkit.checkpointing import COMPLETE_MARKER, find_resume_checkpoint, i
 from hf_trainkit.checkpointing.command import main as checkpoints_main
 from hf_trainkit.checkpointing.marker import IncompleteCheckpointError, write_complete_marker
 
-from .conftest import QUIET, TRAIN, curves, start_and_wait_for_step, train
+from .conftest import TRAIN, curves, start_and_wait_for_step, train
 
 
 def flip_byte(path: Path, offset_fraction: float = 0.6):
@@ -238,11 +237,11 @@ def test_fuzzed_markers_and_states_never_raise(finished_run, field, value):
 def test_a_resave_takes_the_marker_first_and_puts_it_back_when_no_save_came(run_copy):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from hf_trainkit.callbacks import ResumableCheckpointsCallback
+    from hf_trainkit.callbacks import CheckpointManagerCallback
 
     args = TrainingArguments(output_dir=str(run_copy), report_to=[], use_cpu=True)
     state, control = TrainerState(global_step=6), TrainerControl()
-    callback = ResumableCheckpointsCallback(handle_signals=False)
+    callback = CheckpointManagerCallback()
     callback.on_step_end(args, state, control)  # a save at step 6 may follow: the old marker goes first
     info = inspect_checkpoint(run_copy / "checkpoint-6")
     assert not info.valid and "being saved again" in info.reason
@@ -349,9 +348,9 @@ def test_a_full_mirror_makes_room_instead_of_staying_at_an_old_step(small_disk, 
 SIGNAL_SEQUENCE = """
 import os, signal, sys, time
 from transformers import TrainerControl, TrainerState, TrainingArguments
-from hf_trainkit.callbacks import ResumableCheckpointsCallback
+from hf_trainkit.callbacks import LiveControlCallback
 
-callback = ResumableCheckpointsCallback()
+callback = LiveControlCallback(watch_requests=False)
 callback.on_train_begin(TrainingArguments(output_dir=sys.argv[1], report_to=[], use_cpu=True), TrainerState(),
                         TrainerControl())
 for name in sys.argv[2:]:

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.testing_utils import log_history
+
 from hf_trainkit.callbacks import CheckpointPolicyCallback
 from hf_trainkit.checkpointing import (CheckpointInfo, best_checkpoints, checkpoints_to_delete, is_improvement,
                                        list_checkpoints, validate_checkpoint_name)
-from hf_trainkit.checkpointing.policy import default_mode, pinned_names
+from hf_trainkit.checkpointing.policy import pinned_names
+from hf_trainkit.metric_rules import default_mode
 
 
 def info(step, value=None, valid=True, pinned=False):
@@ -113,8 +116,7 @@ def test_bad_policy_arguments():
 # --- real training runs ---------------------------------------------------------------------------------------------
 
 
-def history(output_dir):
-    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+history = log_history
 
 
 def test_best_n_by_training_reward_in_grpo(make_trainer):

@@ -1,7 +1,8 @@
 """scripts/train_grpo.py, plus what each rank saw: OUTPUT_DIR/rank_views/rank_<i>.json at the end of training.
 
 Only rank 0 writes trainer_state.json; this harness lets a test check that every process was part of one group
-(world size 2 on both) and logged the same global-batch metrics.
+(world size 2 on both) and logged the same global-batch metrics. It is the script's own `main`, given one more
+callback.
 """
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from hf_trainkit.rl import train_grpo  # noqa: E402
+from hf_trainkit.commands.train_grpo import main  # noqa: E402
 
 
 class DumpRankView(TrainerCallback):
@@ -24,8 +25,5 @@ class DumpRankView(TrainerCallback):
         (folder / f"rank_{args.process_index}.json").write_text(json.dumps(view))
 
 
-_build_callbacks = train_grpo.build_callbacks
-train_grpo.build_callbacks = lambda args: [*_build_callbacks(args), DumpRankView()]
-
 if __name__ == "__main__":
-    sys.exit(train_grpo.main())
+    sys.exit(main(callbacks=[DumpRankView()]))

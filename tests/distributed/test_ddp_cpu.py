@@ -1,20 +1,17 @@
 """Two real processes (`accelerate launch --multi_gpu --num_processes 2`, DDP over gloo on the CPU)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from hf_trainkit.checkpointing import list_checkpoints
+from tests.testing_utils import ROOT, SUBPROCESS_ENV, TRAIN, log_history, trainer_state
 
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "scripts" / "train_grpo.py"
 
 
 def launch(port: int, *argv):
@@ -22,7 +19,7 @@ def launch(port: int, *argv):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port), str(TRAIN), "--mode", "psr", "--no-loss-curve",
                *map(str, argv)]
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1"}
     return command, env
 
 
@@ -33,7 +30,7 @@ def test_two_processes_share_one_global_batch(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     # Several wrong set-ups exit 0 while running two single-process trainings: check what the script saw.
     assert "world size 2, distributed type DistributedType.MULTI_CPU" in result.stdout
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    history = log_history(out)
     steps = [h for h in history if "psr/positive_samples" in h]
     assert len(steps) == 4
     # 2 processes x 16 completions: the mode metrics count the global batch, not one rank's half.
@@ -65,7 +62,7 @@ def test_sigterm_to_the_launcher_saves_once_on_every_rank_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert f"Resuming from {saved[0].path}" in again.stdout
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == saved[0].step + 3
+    assert trainer_state(out)["global_step"] == saved[0].step + 3
 
 
 def test_control_request_and_policy_reach_every_rank_at_the_same_step(tmp_path):
@@ -98,7 +95,7 @@ def test_control_request_and_policy_reach_every_rank_at_the_same_step(tmp_path):
         # Each rank writes its RNG state into the folder of the step *it* saved at: both files in one folder
         # means both ranks saved at that step.
         assert {p.name for p in checkpoint.path.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    state = json.loads((out / "trainer_state.json").read_text())
+    state = trainer_state(out)
     assert state["global_step"] == final.step
     assert "world size 2" in (tmp_path / "log.txt").read_text()
 

@@ -18,17 +18,15 @@ from pathlib import Path
 import pytest
 
 from hf_trainkit.checkpointing import find_resume_checkpoint, list_checkpoints
+from tests.testing_utils import ROOT, SUBPROCESS_ENV, TRAIN, log_history
 
 
 pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]'")
 pytestmark = pytest.mark.deepspeed
 
-ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "distributed" / "rank_views.py"
-TRAIN = ROOT / "scripts" / "train_grpo.py"
 ZERO3_CPU = ROOT / "deepspeed_configs" / "zero3_cpu.yaml"
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 _ports = iter(range(29650, 29700))
 
 
@@ -55,8 +53,7 @@ def run(command, timeout=600):
 
 
 def curves(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
-    return [(h["step"], h["loss"], h["reward"], h["grad_norm"]) for h in history if "reward" in h]
+    return [(h["step"], h["loss"], h["reward"], h["grad_norm"]) for h in log_history(output_dir) if "reward" in h]
 
 
 def assert_same_curves(got, expected, first_step=1, grad_norm_rel=1e-4):

@@ -1,14 +1,12 @@
 """Final weights, the run record and `hf-trainkit eval` as a user runs them (real subprocesses, real files)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_scripts import TRAIN, log_history, run_script
+from tests.testing_utils import TRAIN, log_history, run_script
 
 
 CLI = ["-m", "hf_trainkit.cli"]

@@ -232,3 +232,18 @@ def test_bad_config(tmp_path, kwargs, match):
 
 def test_mode_aliases_are_canonical(tmp_path):
     assert FilteredGRPOConfig(output_dir=str(tmp_path), mode="W_Reinforce").mode == "w-reinforce"
+
+
+def test_a_starved_filter_is_warned_about_once_by_the_trainer(make_trainer, caplog):
+    """PSR with a reward that is never positive trains on nothing: one warning (the trainer's, which sees every
+    batch), with the direction to move the threshold; the live diagnostics do not repeat it."""
+    from hf_trainkit.callbacks import TrainingDiagnosticsCallback
+
+    diagnostics = TrainingDiagnosticsCallback()
+    trainer = make_trainer("psr", reward_funcs=lambda completions, **kw: [0.0] * len(completions), max_steps=6,
+                           starvation_warning_steps=2, callbacks=[diagnostics])
+    trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "positive samples" in r.getMessage()]
+    assert len(warnings) == 1 and "for 2 generation batches in a row" in warnings[0]
+    assert "Lower --reward-threshold" in warnings[0]
+    assert not [f for f in diagnostics.findings if "reward filter" in f["message"]]

@@ -1,0 +1,149 @@
+"""Where a run starts: already finished, the newest valid checkpoint (the mirror's, when newer), a named one, or the
+next older one when loading a checkpoint failed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..argparsing import UsageError
+
+
+def resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
+    """(already finished, checkpoint to resume from) for `options.output_dir`."""
+    from . import find_resume_checkpoint, read_training_complete
+    from .control import checkpoint_names
+
+    if options.no_resume:
+        return False, None
+    if options.resume_from_checkpoint == "latest":
+        return False, find_resume_checkpoint(options.output_dir)
+    if options.resume_from_checkpoint is not None:
+        named = checkpoint_names(options.output_dir).get(options.resume_from_checkpoint) \
+            if os.sep not in options.resume_from_checkpoint else None
+        if named:
+            return False, os.path.join(options.output_dir, named)
+        if not os.path.isdir(options.resume_from_checkpoint):
+            raise UsageError(f"--resume-from-checkpoint {options.resume_from_checkpoint}: no such directory or "
+                             f"checkpoint name in {options.output_dir}.")
+        return False, options.resume_from_checkpoint
+    record = read_training_complete(options.output_dir)
+    if record and record.get("max_steps") == config.max_steps and (
+            config.max_steps > 0 or record.get("num_train_epochs") == config.num_train_epochs):
+        return True, None
+    return False, find_resume_checkpoint(options.output_dir)
+
+
+def agreed_resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
+    """`resume_point` decided by the main process and broadcast, so every rank resumes from the same checkpoint
+    (or all stop) even if their views of the disk differ."""
+    if config.world_size == 1:
+        return resume_point(options, config)
+    from accelerate.utils import broadcast_object_list
+
+    decision = [None]
+    if config.process_index == 0:
+        try:
+            decision = [("ok", resume_point(options, config))]
+        except UsageError as error:
+            decision = [("error", str(error))]
+    broadcast_object_list(decision, from_process=0)
+    status, value = decision[0]
+    if status == "error":
+        raise UsageError(value)
+    return value
+
+
+def pull_from_mirror(options: argparse.Namespace, config, callbacks: list):
+    """Bring the mirror's newest complete checkpoint into --output-dir when it is newer than the local ones."""
+    from .mirror import newest_local_step
+
+    mirror = next((cb.mirror for cb in callbacks if getattr(cb, "mirror", None) is not None), None)
+    if mirror is None or options.no_resume:
+        return
+    with config.main_process_first(local=False, desc="pull from the checkpoint mirror"):
+        if config.process_index == 0:
+            try:
+                remote = mirror.complete_steps()
+            except OSError as error:
+                print(f"Checkpoint mirror {mirror.url} unreachable ({error}); using local checkpoints only.")
+                return
+            if remote and remote[-1] > newest_local_step(options.output_dir):
+                local = mirror.pull(remote[-1], options.output_dir)
+                print(f"Pulled {local.name} from {mirror.url} (newer than any local checkpoint).")
+
+
+NO_FALLBACK = object()
+
+
+# Functions of transformers/accelerate/DeepSpeed that read a checkpoint: an error raised inside one of them means
+# the checkpoint could not be loaded, not that training itself failed.
+LOADERS = {"_load_from_checkpoint", "load_from_json", "_load_optimizer_and_scheduler", "_load_rng_state",
+            "_load_scaler", "_load_callback_state", "load_checkpoint", "load_state_dict", "load_file",
+            "deepspeed_load_checkpoint", "_load_checkpoint"}
+
+
+def fallback_after_failed_load(error: BaseException, trainer, checkpoint: str | None, config, options):
+    """The next older valid checkpoint (or None: from scratch) when loading `checkpoint` failed, else NO_FALLBACK.
+
+    Only in one process: with several, the ranks would have to agree that the load failed everywhere, and a rank
+    that loaded fine is already waiting in a collective.
+    """
+    import traceback
+
+    from . import find_resume_checkpoint
+    from .marker import mark_unloadable
+
+    if checkpoint is None or config.world_size > 1 or trainer.state.global_step > step_of(checkpoint):
+        return NO_FALLBACK
+    frames = {frame.name for frame in traceback.extract_tb(error.__traceback__)}
+    if not frames & LOADERS:
+        return NO_FALLBACK
+    reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+    mark_unloadable(checkpoint, reason)
+    older = find_resume_checkpoint(options.output_dir, warn=False)  # the one warning is below
+    print(f"Warning: could not load {checkpoint} ({reason}); resuming from "
+          f"{older or 'scratch (no older valid checkpoint)'} instead. {checkpoint} stays on disk, marked unloadable.",
+          file=sys.stderr, flush=True)
+    return older
+
+
+def step_of(checkpoint: str) -> int:
+    match = re.search(r"checkpoint-(\d+)$", os.path.normpath(checkpoint))
+    return int(match.group(1)) if match else 0
+
+
+def disk_full_message(error: BaseException, output_dir: str) -> str | None:
+    """A one-line explanation when `error` comes from a full disk. torch does not always say so: a cut-short
+    `torch.save` reports "unexpected pos" or "file write failed", so an error raised while saving counts as a full
+    disk when less room is left than the newest checkpoint takes (and at least 256 MiB)."""
+    import errno
+    import shutil
+    import traceback
+
+    from . import find_resume_checkpoint
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    full = any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain)
+    latest = find_resume_checkpoint(output_dir, warn=False, verify=False)
+    if not full:
+        saving = any(frame.name in ("_save_checkpoint", "save_model", "save_state") for e in chain
+                     for frame in traceback.extract_tb(e.__traceback__))
+        needed = 256 << 20
+        if latest:
+            needed = max(needed, sum(f.stat().st_size for f in Path(latest).rglob("*") if f.is_file()))
+        try:
+            full = saving and shutil.disk_usage(output_dir).free < needed
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return (f"no space left on device while writing to {output_dir}. Free some space (or lower --save-total-limit, "
+            f"or point --output-dir at a larger disk), then run the same command again: it resumes from "
+            f"{latest or 'the start (no complete checkpoint yet)'}; the cut-short checkpoint is skipped.")

@@ -1,0 +1,246 @@
+"""`scripts/train_grpo.py` / `hf-trainkit train-grpo`: train with GRPO, PSR, NSR or W-REINFORCE from the command line.
+
+With no `--model` and no `--dataset` it trains a tiny model on the built-in digit-rule task (see `hf_trainkit.toy`),
+on the CPU, in about a minute: the demo, and the path the tests take. Parsing and exit codes live here; the run
+itself is `hf_trainkit.training.run`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..argparsing import OneLineArgumentParser, UsageError, flag, non_negative_float, positive_int, run_command
+from ..rl.advantages import MODES
+from ..training.options import toy_warmup_default
+
+
+PROG = "train_grpo.py"
+
+
+def _min_delta(text: str) -> tuple[float, bool]:
+    """'0.01' (absolute) or '1%' (relative): (value, relative)."""
+    relative = text.strip().endswith("%")
+    value = float(text.strip().rstrip("%"))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return (value / 100, True) if relative else (value, False)
+
+
+def _mode(text: str) -> str:
+    from ..rl.advantages import canonical_mode
+
+    try:
+        return canonical_mode(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=prog,
+        description="Reward-filtered GRPO training (GRPO, PSR, NSR, W-REINFORCE). Without --model/--dataset it "
+        "trains a tiny built-in model on a toy task on the CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    task = parser.add_argument_group("mode and task")
+    flag(task, "mode", type=_mode, default="grpo", metavar="MODE", help=f"one of {', '.join(MODES)}")
+    flag(task, "model", default=None, metavar="NAME_OR_PATH",
+          help="model id or local directory (default: a tiny Llama built from a config, for the toy task)")
+    flag(task, "dataset", default=None, metavar="NAME_OR_PATH",
+          help="dataset id, a saved dataset directory, or a .json/.jsonl/.csv/.parquet file with a 'prompt' column "
+          "(default: the built-in digit-rule task)")
+    flag(task, "dataset-config", default=None, metavar="NAME", help="dataset configuration name")
+    flag(task, "dataset-split", default="train", metavar="SPLIT", help="dataset split to train on")
+    flag(task, "prompt-column", default="prompt", metavar="COLUMN", help="column holding the prompts")
+    flag(task, "reward-func", action="append", default=None, metavar="NAME_OR_IMPORT",
+          help="reward function: a built-in (digit_rule, exact_answer) or 'module:function'; repeatable "
+          "(default: digit_rule for the toy task, exact_answer otherwise)")
+
+    rl = parser.add_argument_group("reward filter")
+    flag(rl, "reward-threshold", type=float, default=0.5, metavar="R",
+          help="a completion is positive when reward > R")
+    flag(rl, "positive-weight", type=non_negative_float, default=0.1, metavar="LAMBDA",
+          help="W-REINFORCE advantage of a positive sample")
+    flag(rl, "negative-weight", type=non_negative_float, default=1.0, metavar="W",
+          help="NSR/W-REINFORCE advantage magnitude of a negative sample")
+    flag(rl, "loss-type", default=None, metavar="TYPE", help="TRL loss_type (default: TRL's)")
+    flag(rl, "beta", type=non_negative_float, default=0.0, metavar="BETA", help="KL coefficient")
+
+    train = parser.add_argument_group("training")
+    flag(train, "output-dir", default=None, metavar="DIR", help="where checkpoints and logs go (default: runs/MODE-SEED)")
+    flag(train, "seed", type=int, default=42, metavar="N", help="random seed")
+    flag(train, "max-steps", type=int, default=None, metavar="N",
+          help="optimizer steps; -1 trains for --num-train-epochs (default: 200 for the toy task, else -1)")
+    flag(train, "num-train-epochs", type=float, default=1.0, metavar="N", help="epochs when --max-steps is -1")
+    flag(train, "learning-rate", type=float, default=None, metavar="LR",
+          help="peak learning rate (default: 3e-3 for the toy task, else 1e-6)")
+    flag(train, "per-device-train-batch-size", type=positive_int, default=None, metavar="N",
+          help="completions per device per step (default: 16 for the toy task, else 8)")
+    flag(train, "gradient-accumulation-steps", type=positive_int, default=1, metavar="N", help="accumulation steps")
+    flag(train, "num-generations", type=positive_int, default=None, metavar="G",
+          help="completions per prompt (default: 8)")
+    flag(train, "max-completion-length", type=positive_int, default=None, metavar="N",
+          help="max new tokens per completion (default: 4 for the toy task, else 256)")
+    flag(train, "temperature", type=float, default=1.0, metavar="T", help="sampling temperature")
+    flag(train, "max-grad-norm", type=non_negative_float, default=None, metavar="X",
+          help="gradient clipping norm (0: no clipping; default: TRL's GRPOConfig, 1.0)")
+    flag(train, "warmup-steps", type=non_negative_float, default=None, metavar="N",
+          help="learning-rate warm-up: a number of steps, or a fraction of all steps if below 1 (default: TRL's)")
+    flag(train, "lr-scheduler-type", default=None, metavar="TYPE",
+          help="learning-rate schedule: linear, cosine, constant, constant_with_warmup, ... (default: TRL's)")
+    flag(train, "weight-decay", type=non_negative_float, default=None, metavar="W", help="AdamW weight decay")
+    flag(train, "set", action="append", default=[], metavar="FIELD=VALUE", dest="config_overrides",
+          help="any other field of FilteredGRPOConfig (TRL's GRPOConfig, transformers' TrainingArguments), e.g. "
+          "--set gradient_checkpointing=true --set optim=adamw_torch_fused --set adam_beta2=0.99; repeatable")
+    flag(train, "logging-steps", type=positive_int, default=1, metavar="N", help="log every N steps")
+    flag(train, "log-completions", action="store_true", help="print a sample of completions at each log")
+
+    lora = parser.add_argument_group("LoRA (peft)")
+    flag(lora, "lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    flag(lora, "lora-r", type=positive_int, default=16, metavar="R", help="LoRA rank")
+    flag(lora, "lora-alpha", type=positive_int, default=32, metavar="A", help="LoRA alpha")
+    flag(lora, "lora-dropout", type=non_negative_float, default=0.05, metavar="P", help="LoRA dropout")
+    flag(lora, "lora-target-modules", nargs="+", default=["all-linear"], metavar="MODULE",
+          help="modules to adapt")
+
+    save = parser.add_argument_group("checkpoints")
+    flag(save, "save-steps", type=positive_int, default=50, metavar="N", help="save a checkpoint every N steps")
+    flag(save, "save-total-limit", type=positive_int, default=None, metavar="N", help="keep at most N checkpoints")
+    flag(save, "no-save-checkpoints", action="store_true", help="write no checkpoint directory during training")
+    flag(save, "resume-from-checkpoint", default=None, metavar="CKPT",
+          help="checkpoint directory or checkpoint name to resume from; 'latest' resumes from the newest valid one "
+          "even after the run finished (default: the newest valid checkpoint in --output-dir, if any: re-running "
+          "the same command resumes)")
+    flag(save, "checkpoint-mirror", default=None, metavar="URL",
+          help="also keep the checkpoints at this fsspec URL or path (a mounted drive, s3://..., gs://...): copied "
+          "in the background, same --save-total-limit, and pulled on start when newer than the local ones")
+    flag(save, "no-resume", action="store_true",
+          help="start from scratch even if --output-dir holds checkpoints or a finished run")
+
+    policy = parser.add_argument_group("checkpoint policy (which checkpoints exist)")
+    flag(policy, "checkpoint-metric", default=None, metavar="KEY",
+          help="logged key ranking checkpoints, e.g. reward, nsr/avg_reward, eval_loss (for --save-top-k and "
+          "--save-on-improvement)")
+    flag(policy, "checkpoint-mode", choices=("min", "max"), default=None,
+          help="min or max (default: max for rewards/accuracies/scores, else min)")
+    flag(policy, "save-top-k", type=positive_int, default=None, metavar="N",
+          help="keep the N best checkpoints by --checkpoint-metric, plus the newest and named ones")
+    flag(policy, "save-on-improvement", action="store_true",
+          help="also save whenever --checkpoint-metric improves (interval saves: --save-steps)")
+    flag(policy, "save-min-delta", type=_min_delta, default=(0.0, False), metavar="D|P%",
+          help="an improvement must exceed D (absolute) or P%% of the best value")
+    flag(policy, "checkpoint-smoothing", type=float, default=None, metavar="W",
+          help="EMA weight in [0, 1) on the metric before comparing (default: 0.9 for training-log metrics, which "
+          "are noisy per batch; 0 for eval_* metrics)")
+    flag(policy, "control-port", type=int, default=None, metavar="PORT",
+          help="also take control requests over HTTP on this port (0: any free port), token in OUTPUT_DIR/"
+          "control_token; `hf-trainkit control` works without it")
+    flag(policy, "control-host", default="127.0.0.1", metavar="HOST",
+          help="interface of the control endpoint (127.0.0.1: this machine only)")
+    flag(policy, "no-live-control", action="store_true",
+          help="do not watch OUTPUT_DIR/control for `hf-trainkit control` requests")
+
+    evaluation = parser.add_argument_group("pass@k evaluation (held-out prompts)")
+    flag(evaluation, "eval-every", type=int, default=None, metavar="N",
+          help="sample --eval-n completions per evaluation prompt before training, every N steps and at the end; "
+          "log eval/pass@K, eval/entropy, eval/coverage (default: 50 on the toy task's held-out prompts, else "
+          "off; 0: off)")
+    flag(evaluation, "eval-n", type=positive_int, default=64, metavar="N", help="samples per evaluation prompt")
+    flag(evaluation, "eval-k", type=positive_int, nargs="+", default=[1, 4, 16, 64], metavar="K",
+          help="the k of the logged pass@k")
+    flag(evaluation, "eval-dataset", default=None, metavar="NAME_OR_PATH",
+          help="evaluation prompts, loaded like --dataset (default: the toy task's held-out prompts)")
+    flag(evaluation, "eval-split", default="test", metavar="SPLIT", help="split of --eval-dataset")
+    flag(task, "toy-warmup-steps", type=int, default=None, metavar="N",
+          help="supervised warm-up steps that give the built-in model its prior over the toy task (0: a random "
+          "model; default: %d)" % toy_warmup_default())
+
+    logging_group = parser.add_argument_group("reporting")
+    flag(logging_group, "report-to", nargs="+", default=["none"], metavar="BACKEND",
+          help="integrations to report to (e.g. wandb, tensorboard, none)")
+    flag(logging_group, "wandb-project", default=None, metavar="NAME", help="W&B project (sets WANDB_PROJECT)")
+    flag(logging_group, "wandb-group", default=None, metavar="NAME", help="W&B run group (or WANDB_RUN_GROUP)")
+    flag(logging_group, "wandb-tags", nargs="+", default=None, metavar="TAG", help="W&B tags (or WANDB_TAGS)")
+    flag(logging_group, "wandb-every", type=positive_int, default=None, metavar="N",
+          help="send W&B one record every N steps (the mean of the window); implies --report-to wandb "
+          "(default with wandb: 1)")
+    flag(logging_group, "run-name", default=None, metavar="NAME", help="run name for the integrations")
+    flag(logging_group, "quiet", action="store_true", help="do not print the per-step mode line")
+    flag(logging_group, "no-run-log", action="store_true",
+          help="do not copy the console into OUTPUT_DIR/logs/train.log")
+    flag(logging_group, "no-loss-curve", action="store_true",
+          help="do not write img/loss_curve.png, img/reward_curve.png and training_stats.json at the end")
+    flag(logging_group, "no-diagnostics", action="store_true",
+          help="do not print live diagnostics (non-finite values, spikes, plateau, overfitting, starved filter)")
+
+    stop = parser.add_argument_group("early stopping (any logged metric)")
+    flag(stop, "early-stopping-metric", default=None, metavar="KEY",
+          help="logged key to watch, e.g. reward, nsr/avg_reward, eval_loss (default: no early stopping)")
+    flag(stop, "early-stopping-mode", choices=("min", "max"), default=None,
+          help="min or max (default: max for rewards, accuracies, scores and pass@k, else min)")
+    flag(stop, "early-stopping-patience", type=positive_int, default=3, metavar="N",
+          help="checks without improvement before stopping")
+    flag(stop, "early-stopping-min-delta", type=non_negative_float, default=0.0, metavar="D",
+          help="smallest absolute change that counts as an improvement")
+    flag(stop, "early-stopping-smoothing", type=float, default=0.0, metavar="W",
+          help="EMA weight in [0, 1) applied to the metric before comparing (for noisy rewards)")
+    flag(stop, "divergence-threshold", type=float, default=None, metavar="X",
+          help="stop at once when the metric is worse than X")
+    flag(stop, "stopping-threshold", type=float, default=None, metavar="X",
+          help="stop at once when the metric is at least as good as X")
+    return parser
+
+
+def parse_options(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    """The options of a run from command-line arguments (`sys.argv[1:]` when None); a mistake exits 2."""
+    return train_grpo_command_parser(prog).parse_args(argv)
+
+
+def train_grpo_options(**settings) -> argparse.Namespace:
+    """The options of a run from keywords named like the flags (`output_dir="runs/x", mode="nsr", max_steps=50`),
+    the other flags at their defaults: the programmatic form of the command line, for `hf_trainkit.training.run`."""
+    options = parse_options([])
+    for key, value in settings.items():
+        if not hasattr(options, key):
+            raise TypeError(f"train_grpo_options: unknown option {key!r} (the flags of {PROG}, in snake_case).")
+        setattr(options, key, value)
+    return options
+
+
+def train_grpo_command(options: argparse.Namespace, callbacks: list | None = None) -> int:
+    """Train, and turn how it ended into an exit code: 0 done, 128+N stopped by signal N after a save, 130 Ctrl-C
+    before training, and a `UsageError` (one line) for a user mistake or a full disk."""
+    from ..checkpointing.resume import disk_full_message
+    from ..training.run import run, stopping_callback
+
+    try:
+        trainer = run(options, callbacks=callbacks)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before training started; nothing was saved.", file=sys.stderr)
+        return 130
+    except UsageError:
+        raise
+    except Exception as error:
+        message = disk_full_message(error, options.output_dir) if options.output_dir else None
+        if message is None or os.environ.get("HF_TRAINKIT_DEBUG"):
+            raise
+        raise UsageError(message, exit_code=1) from None
+    stopper = stopping_callback(trainer) if trainer is not None else None
+    if stopper is None:
+        return 0
+    import signal
+
+    name = stopper.stop_signal or "SIGTERM"
+    if stopper.saved_on_stop:
+        print(f"Stopped by {name} after saving step {trainer.state.global_step} ({stopper.saved_on_stop}). Run "
+              "the same command again (on this or another machine, with the output dir) to resume.", flush=True)
+    else:
+        print(f"Stopped by {name} at step {trainer.state.global_step}; no checkpoint was saved "
+              "(--no-save-checkpoints).", flush=True)
+    return 128 + getattr(signal, name, signal.SIGTERM)  # "terminated", as a scheduler expects, after a clean save
+
+
+def main(argv: list[str] | None = None, prog: str = PROG, callbacks: list | None = None) -> int:
+    options = parse_options(argv, prog)
+    return run_command(prog, train_grpo_command, options, callbacks=callbacks)

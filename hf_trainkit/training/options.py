@@ -1,0 +1,186 @@
+"""The settings of a training run beyond what the user gave: defaults that follow the task or the model, checks
+that need several flags at once, and the `FilteredGRPOConfig` they become."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..argparsing import UsageError
+
+
+# Defaults that depend on the task: the built-in toy task's answer is one word, and a short run shows the effect.
+TOY_TASK_DEFAULTS = {
+    "max_steps": 200,
+    "max_completion_length": 4,
+}
+
+
+# Defaults that depend on the model: the tiny built-in model learns at rates a real model would not survive.
+# 3e-4 lets the four modes part ways on the toy task's held-out prompts (benchmarks/paper_fidelity.py).
+TOY_MODEL_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "per_device_train_batch_size": 16,
+    "num_generations": 8,
+}
+
+
+# Defaults for a real dataset and a real model (TRL's GRPOConfig defaults where it has them).
+TASK_DEFAULTS = {
+    "max_steps": -1,
+    "max_completion_length": 256,
+}
+
+
+MODEL_DEFAULTS = {
+    "learning_rate": 1e-6,
+    "per_device_train_batch_size": 8,
+    "num_generations": 8,
+}
+
+
+def toy_warmup_default() -> int:
+    from ..toy import WARMUP_STEPS
+
+    return WARMUP_STEPS
+
+
+def resolve_defaults(options: argparse.Namespace) -> argparse.Namespace:
+    # Task defaults follow --dataset and model defaults follow --model: `--model X` on the toy task keeps the toy
+    # task's answer length and run length, `--dataset Y` on the tiny model keeps its learning rate.
+    task_defaults = TOY_TASK_DEFAULTS if options.dataset is None else TASK_DEFAULTS
+    model_defaults = TOY_MODEL_DEFAULTS if options.model is None else MODEL_DEFAULTS
+    options.defaults_used = {}
+    for defaults in (task_defaults, model_defaults):
+        for key, value in defaults.items():
+            if getattr(options, key) is None:
+                setattr(options, key, value)
+                options.defaults_used[key] = value
+    if options.toy_warmup_steps is None:
+        options.toy_warmup_steps = toy_warmup_default()
+    elif options.model is not None:
+        raise UsageError("--toy-warmup-steps applies to the built-in model only: drop it or --model.")
+    elif options.toy_warmup_steps < 0:
+        raise UsageError(f"--toy-warmup-steps {options.toy_warmup_steps}: use 0 (a random model) or more.")
+    if options.eval_every is None:
+        options.eval_every = 50 if options.dataset is None or options.eval_dataset else 0
+    if options.eval_every and options.dataset is not None and not options.eval_dataset:
+        raise UsageError("--eval-every with --dataset needs --eval-dataset (the prompts to measure pass@k on).")
+    if options.eval_every and max(options.eval_k) > options.eval_n:
+        raise UsageError(f"--eval-k {max(options.eval_k)} is larger than --eval-n {options.eval_n}: pass@k needs k <= n.")
+    if options.reward_func is None:
+        options.reward_func = ["digit_rule" if options.dataset is None else "exact_answer"]
+    if options.output_dir is None:
+        options.output_dir = os.path.join("runs", f"{options.mode}-{options.seed}")
+    for flag, value in (("--model", options.model), ("--dataset", options.dataset)):
+        if value and looks_like_path(value) and not Path(value).expanduser().exists():
+            raise UsageError(f"{flag} {value}: no such file or directory.")
+    if options.max_steps == 0 or options.max_steps < -1:
+        raise UsageError(f"--max-steps {options.max_steps}: use a positive number of steps, or -1 for whole epochs.")
+    if options.model is not None and options.dataset is None and "digit_rule" not in options.reward_func:
+        raise UsageError("--model without --dataset trains on the toy task, which needs --reward-func digit_rule.")
+    if options.no_save_checkpoints:
+        clash = [flag for flag, value in (("--save-top-k", options.save_top_k), ("--save-on-improvement",
+                                          options.save_on_improvement), ("--save-total-limit", options.save_total_limit))
+                 if value]
+        if clash:
+            raise UsageError(f"--no-save-checkpoints writes no checkpoint: drop {', '.join(clash)}.")
+    global_batch = options.per_device_train_batch_size * options.gradient_accumulation_steps
+    if global_batch % options.num_generations:
+        raise UsageError(
+            f"--per-device-train-batch-size {options.per_device_train_batch_size} x --gradient-accumulation-steps "
+            f"{options.gradient_accumulation_steps} must be a multiple of --num-generations {options.num_generations}."
+        )
+    return options
+
+
+def describe_defaults(options: argparse.Namespace) -> str:
+    """One line naming the defaults a run took, and what they follow (the task or the model)."""
+    parts = []
+    for owner, keys in ((f"task {'toy' if options.dataset is None else options.dataset}", TASK_DEFAULTS),
+                        (f"model {'built-in' if options.model is None else options.model}", MODEL_DEFAULTS)):
+        taken = [f"{key}={options.defaults_used[key]}" for key in keys if key in options.defaults_used]
+        if taken:
+            parts.append(f"{', '.join(taken)} (for the {owner})")
+    return "Defaults: " + "; ".join(parts)
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a --model/--dataset value can only be a local path (a hub id is `name` or `org/name`): such a value
+    that does not exist is reported at once instead of after the hub's retries."""
+    return value.startswith(("/", "./", "../", "~", ".\\")) or value.count("/") > 1 or "\\" in value \
+        or value in (".", "..")
+
+
+def build_config(options: argparse.Namespace):
+    from ..rl.filtered_grpo_config import FilteredGRPOConfig
+
+    extra = {}
+    if options.loss_type is not None:
+        extra["loss_type"] = options.loss_type
+    if options.no_save_checkpoints:
+        extra["save_strategy"] = "no"
+    else:
+        # The limit is applied by CheckpointManagerCallback (by step, valid checkpoints only), not the Trainer.
+        extra.update(save_strategy="steps", save_steps=options.save_steps)
+    settings = dict(
+        output_dir=options.output_dir,
+        mode=options.mode,
+        reward_threshold=options.reward_threshold,
+        positive_weight=options.positive_weight,
+        negative_weight=options.negative_weight,
+        seed=options.seed,
+        max_steps=options.max_steps,
+        num_train_epochs=options.num_train_epochs,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.per_device_train_batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        num_generations=options.num_generations,
+        max_completion_length=options.max_completion_length,
+        temperature=options.temperature,
+        beta=options.beta,
+        logging_steps=options.logging_steps,
+        log_completions=options.log_completions,
+        # W&B is owned by WandbEveryNCallback (see build_callbacks): keeping "wandb" out of report_to stops both
+        # transformers' per-step WandbCallback and TRL's per-call profiling records.
+        report_to=[r for r in options.report_to if r not in ("none", "wandb")],
+        restore_callback_states_from_checkpoint=True,
+        run_name=options.run_name,
+        log_mode_summary=not options.quiet,
+        **extra,
+    )
+    for name in ("max_grad_norm", "warmup_steps", "lr_scheduler_type", "weight_decay"):
+        if getattr(options, name) is not None:
+            settings[name] = getattr(options, name)
+    settings.update(config_overrides(options.config_overrides, set(settings)))
+    return FilteredGRPOConfig(**settings)
+
+
+def config_overrides(pairs: list[str], taken: set[str]) -> dict:
+    """`--set FIELD=VALUE` pairs as config fields; VALUE is read as JSON (true, 3, 0.5, ["a"]) or else as text."""
+    import dataclasses
+    import difflib
+    import json
+
+    from ..rl.filtered_grpo_config import FilteredGRPOConfig
+
+    fields = {f.name for f in dataclasses.fields(FilteredGRPOConfig) if f.init}
+    overrides = {}
+    for pair in pairs:
+        name, separator, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not separator or not name:
+            raise UsageError(f"--set {pair}: use FIELD=VALUE, e.g. --set beta=0.04.")
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"--set {pair}: FilteredGRPOConfig has no field {name!r}{hint}.")
+        if name in taken:
+            raise UsageError(f"--set {pair}: {name} has a flag of its own, --{name.replace('_', '-')}.")
+        try:
+            value = json.loads(text.lower() if text.lower() in ("true", "false", "null") else text)
+        except ValueError:
+            value = text
+        overrides[name] = value
+    return overrides

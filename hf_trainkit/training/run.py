@@ -1,0 +1,134 @@
+"""Train as the options say: `run(options, callbacks=[...])`, what `scripts/train_grpo.py`, the demo and the tests
+call."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..argparsing import UsageError
+from ..checkpointing.resume import (NO_FALLBACK, agreed_resume_point, fallback_after_failed_load,
+                                    pull_from_mirror)
+from .callbacks import build_callbacks
+from .inputs import (build_model_and_tokenizer, build_peft_config, load_eval_dataset, load_train_dataset,
+                     prepare_base_model)
+from .options import build_config, describe_defaults, resolve_defaults
+
+
+def run(options: argparse.Namespace, callbacks: list | None = None):
+    """Train as `options` says and return the trainer (None when the run had already finished).
+
+    `options` are the parsed flags of `scripts/train_grpo.py` (`hf_trainkit.commands.train_grpo.train_grpo_options`
+    builds them from keywords); `callbacks` are added to the ones the options ask for. A user mistake raises
+    `UsageError` (one line); the command turns it into exit code 2.
+    """
+    extra_callbacks = list(callbacks or [])
+    from ..rl.rewards import resolve_reward_func
+
+    options = resolve_defaults(options)
+    if options.wandb_project:
+        os.environ["WANDB_PROJECT"] = options.wandb_project
+    try:
+        reward_funcs = [resolve_reward_func(spec) for spec in options.reward_func]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        config = build_config(options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if config.process_index == 0 and options.defaults_used:
+        print(describe_defaults(options), flush=True)
+    callbacks = build_callbacks(options) + extra_callbacks
+    pull_from_mirror(options, config, callbacks)
+    finished, checkpoint = agreed_resume_point(options, config)
+    if finished:
+        print(f"{options.output_dir} already holds a finished run (training_complete.json): nothing to train. "
+              "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
+        return None
+    from ..run_log import console_log
+
+    # The main process keeps what it prints from here on in OUTPUT_DIR/logs/train.log.
+    with console_log(options.output_dir, enabled=config.process_index == 0 and not options.no_run_log):
+        return _train(options, config, reward_funcs, callbacks, checkpoint, extra_callbacks)
+
+
+def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: list, checkpoint: str | None,
+           extra_callbacks: list):
+    from ..rl.filtered_grpo_trainer import FilteredGRPOTrainer
+
+    if checkpoint:
+        print(f"Resuming from {checkpoint}")
+    dataset = load_train_dataset(options)
+    eval_dataset = load_eval_dataset(options) if options.eval_every else None
+    prepare_base_model(options, config)
+    tried: list[str] = []
+    while True:
+        # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
+        model, tokenizer = build_model_and_tokenizer(options)
+        trainer = FilteredGRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=build_peft_config(options),
+            callbacks=callbacks,
+        )
+        if eval_dataset is not None:
+            from ..callbacks import PassAtKCallback
+
+            try:
+                trainer.add_callback(PassAtKCallback(trainer, eval_dataset, n=options.eval_n, ks=options.eval_k,
+                                                     every_n_steps=options.eval_every))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        if config.process_index == 0 and (config.world_size > 1 or trainer.is_deepspeed_enabled) and not tried:
+            print(describe_launch(trainer), flush=True)
+        if checkpoint and trainer.is_deepspeed_enabled:
+            from ..checkpointing.universal import prepare_deepspeed_resume
+
+            try:
+                prepare_deepspeed_resume(trainer, checkpoint)
+            except RuntimeError as error:
+                raise UsageError(str(error)) from None
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+            break
+        except Exception as error:
+            older = fallback_after_failed_load(error, trainer, checkpoint, config, options)
+            if older is NO_FALLBACK:
+                raise
+            tried.append(checkpoint)
+            checkpoint = older
+            callbacks = build_callbacks(options) + extra_callbacks
+    trainer.save_state()
+    if stopping_callback(trainer) is None:
+        # The trained weights (or adapter) at the top of the output dir, as `trainer.save_model()` puts them, even
+        # with --no-save-checkpoints: `hf-trainkit eval OUTPUT_DIR` and `from_pretrained(OUTPUT_DIR)` load them.
+        trainer.save_model()
+    if trainer.args.should_save:
+        print(f"Run written to {options.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries; "
+              "final weights in the same folder).")
+    return trainer
+
+
+def describe_launch(trainer) -> str:
+    """'world size N, distributed type ..., ZeRO stage S' as the Trainer's accelerator set it up."""
+    state = trainer.accelerator.state
+    text = f"world size {state.num_processes}, distributed type {state.distributed_type}"
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if plugin is not None:
+        text += f", ZeRO stage {plugin.zero_stage}"
+    return text
+
+
+def stopping_callback(trainer):
+    """The `LiveControlCallback` that stopped training on a signal (None otherwise), also one inside a group."""
+    from ..callbacks import CallbackGroup, LiveControlCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, CallbackGroup):
+            callback = callback.find(LiveControlCallback)
+        if isinstance(callback, LiveControlCallback) and callback.preempted:
+            return callback
+    return None
