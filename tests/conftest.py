@@ -44,7 +44,7 @@ def make_trainer(tmp_path, toy_tokenizer):
     """Build a trainer on the toy task: ``make_trainer(mode="nsr", trainer_cls=..., reward_funcs=..., **config)``."""
 
     def factory(mode="grpo", *, trainer_cls=None, config_cls=None, reward_funcs=None, peft_config=None, seed=0,
-                callbacks=None, num_prompts=256, **config_kwargs):
+                callbacks=None, num_prompts=256, model=None, **config_kwargs):
         from trl import GRPOConfig
 
         from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
@@ -71,7 +71,7 @@ def make_trainer(tmp_path, toy_tokenizer):
         settings.update(config_kwargs)
         args = config_cls(**settings)
         return trainer_cls(
-            model=build_tiny_model(toy_tokenizer, seed=seed),
+            model=model if model is not None else build_tiny_model(toy_tokenizer, seed=seed),
             reward_funcs=reward_funcs or digit_rule_reward,
             args=args,
             train_dataset=build_toy_dataset(num_prompts, seed=seed),

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.testing_utils import TRAIN, log_history, run_script
+from tests.testing_utils import ROOT, TRAIN, log_history, run_script  # noqa: F401 (ROOT: for the tests here)
 
 
 QUIET = ["--quiet", "--no-loss-curve", "--no-diagnostics"]
