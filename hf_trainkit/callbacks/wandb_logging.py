@@ -82,6 +82,10 @@ class WandbEveryNCallback(StatefulCallback):
                  group: str | None = None, tags: list[str] | None = None):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"WandbEveryNCallback: every_n_steps={every_n_steps!r} must be an integer >= 1.")
+        from transformers.integrations import is_wandb_available
+
+        if not is_wandb_available():  # a set-up mistake: said at once, not after the model is built
+            raise ImportError("WandbEveryNCallback needs wandb: pip install wandb")
         self.every_n_steps = every_n_steps
         self.project, self.run_name, self.group, self.tags = project, run_name, group, list(tags or [])
         self.window: dict[str, list[float]] = {}  # a plain dict: it round-trips through trainer_state.json

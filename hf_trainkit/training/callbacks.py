@@ -47,8 +47,12 @@ def build_callbacks(options: argparse.Namespace) -> list:
     callbacks.append(LiveControlCallback(port=options.control_port, host=options.control_host,
                                          watch_requests=not options.no_live_control))
     if options.wandb_every is not None or "wandb" in options.report_to:
-        callbacks.append(WandbEveryNCallback(options.wandb_every or 1, project=options.wandb_project,
-                                             run_name=options.run_name, group=options.wandb_group, tags=options.wandb_tags))
+        try:
+            callbacks.append(WandbEveryNCallback(options.wandb_every or 1, project=options.wandb_project,
+                                                 run_name=options.run_name, group=options.wandb_group,
+                                                 tags=options.wandb_tags))
+        except ImportError as error:
+            raise UsageError(f"--wandb-every/--report-to wandb: {error}") from None
     if not options.no_loss_curve:
         callbacks.append(LossCurveCallback())
     if not options.no_diagnostics:
