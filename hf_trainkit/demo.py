@@ -26,7 +26,8 @@ def run_demo(output_root: str = "runs/demo", max_steps: int = 200, seed: int = 0
         options = train_grpo_options(
             mode=mode, output_dir=output_dir, seed=seed, max_steps=max_steps, logging_steps=max(1, max_steps // 10),
             save_steps=max_steps, eval_every=max(1, max_steps // 4), eval_n=64, eval_k=[1, 4, 16, 64], quiet=True,
-            no_resume=True)  # the demo trains afresh each time it is run
+            no_resume=True,  # the demo trains afresh each time it is run
+            config_overrides=["disable_tqdm=true"])  # the table below is the demo's output, not four progress bars
         print(f"training {mode:<12} -> {output_dir}", flush=True)
         start = time.perf_counter()
         # The Trainer prints every log dict; the table below is what the demo is about.
