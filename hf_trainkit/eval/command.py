@@ -49,8 +49,8 @@ def eval_command_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help=f"where {EVAL_RESULTS} and pass_at_k.png go (default: FIRST_RUN/eval)")
     parser.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
-                        help="evaluation prompts (default: the run's --eval-dataset, else the toy task's held-out "
-                        "prompts)")
+                        help="evaluation prompts, or 'toy' for the built-in task (default: the run's --eval-dataset, "
+                        "else the toy task's held-out prompts)")
     parser.add_argument("--split", default=None, metavar="SPLIT",
                         help="split of --dataset; for the toy task: heldout (default), train or warmup")
     parser.add_argument("--prompt-column", default=None, metavar="COLUMN", help="column holding the prompts")
@@ -151,9 +151,12 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     from ..training.inputs import load_prompt_dataset
     from ..toy import build_toy_dataset
 
-    dataset = args.dataset or record.get("eval_dataset")
+    if args.dataset is None and not record:
+        raise EvalInputError("no evaluation prompts: the model has no run record (hf_trainkit_run.json); pass "
+                             "--dataset (or --dataset toy for the built-in task).")
+    dataset = None if args.dataset == "toy" else args.dataset or record.get("eval_dataset")
     column = args.prompt_column or record.get("prompt_column") or "prompt"
-    if dataset is None and record.get("dataset") is None:
+    if dataset is None and (args.dataset == "toy" or record.get("dataset") is None):
         split = args.split or "heldout"
         try:
             return [dict(row) for row in build_toy_dataset(split=split)], f"toy task, {split} prompts"
@@ -207,8 +210,8 @@ def eval_command(args) -> int:
     rows, description = evaluation_rows(args, record)
     if not rows:
         raise EvalInputError(f"{description}: no prompts.")
-    specs = args.reward_func or record.get("reward_funcs") or (["digit_rule"] if record.get("dataset") is None
-                                                              and record else None)
+    toy = args.dataset == "toy" or (args.dataset is None and record.get("dataset") is None)
+    specs = args.reward_func or record.get("reward_funcs") or (["digit_rule"] if toy else None)
     if not specs:
         raise EvalInputError("--reward-func is needed: the model has no run record naming its reward.")
     try:

@@ -102,3 +102,16 @@ def test_model_flag_keeps_the_toy_task_defaults(tmp_path, toy_tokenizer):
     args = torch.load(out / "training_args.bin", weights_only=False)
     assert args.max_completion_length == 4 and args.learning_rate == 1e-6
     assert not any("eval/pass@1" in h for h in log_history(out))
+
+
+def test_a_model_without_run_record_needs_its_prompts_named(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "base_model", tmp_path / "model")  # a model folder from anywhere: no hf_trainkit_run.json
+    result = run_script(*CLI, "eval", tmp_path / "model", "--n", 4, "--k", 1)
+    assert result.returncode == 2 and "no run record (hf_trainkit_run.json); pass --dataset" in result.stderr
+    result = run_script(*CLI, "eval", tmp_path / "model", "--dataset", "toy", "--max-new-tokens", 4, "--n", 4,
+                        "--k", 1, "--output-dir", tmp_path / "e")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "e" / "eval_results.json").read_text())["prompts"] == "toy task, heldout prompts"
