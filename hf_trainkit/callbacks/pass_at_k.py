@@ -73,8 +73,15 @@ class PassAtKCallback(TrainerCallback):
         self.last_evaluated_step = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.at_start and state.global_step == 0:
-            self._evaluate_and_log(args, state, control)
+        self._base_pending = self.at_start
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Not in on_train_begin: transformers 4.x loads a resumed run's state after it (5.x before), so only here
+        # does step 0 surely mean "the base model, before any update", not "a resumed model, step not loaded yet".
+        if getattr(self, "_base_pending", False):
+            self._base_pending = False
+            if state.global_step == 0:
+                self._evaluate_and_log(args, state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_n_steps == 0 or state.global_step >= state.max_steps:

@@ -68,3 +68,29 @@ def test_bad_arguments_are_one_line_errors(make_trainer):
         PassAtKCallback(trainer, build_toy_dataset(split="heldout"), n=4, ks=(8,))
     with pytest.raises(ValueError, match="'prompt' column"):
         PassAtKCallback(trainer, [{"question": "x"}], n=4, ks=(1,))
+
+
+def test_a_resumed_run_does_not_log_its_model_as_the_base(make_trainer, tmp_path):
+    out = str(tmp_path / "run")
+    first = make_trainer("psr", max_steps=2, save_strategy="steps", save_steps=2, output_dir=out)
+    first.add_callback(PassAtKCallback(first, build_toy_dataset(split="heldout"), n=4, ks=(1,), every_n_steps=100))
+    first.train()
+    from transformers import TrainerCallback
+
+    class EvalLogs(TrainerCallback):  # what W&B and every other on_log consumer receive
+        seen = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "eval/pass@1" in logs:
+                self.seen.append(state.global_step)
+
+    resumed = make_trainer("psr", max_steps=4, save_strategy="steps", save_steps=2, output_dir=out,
+                           callbacks=[EvalLogs()])
+    resumed.add_callback(PassAtKCallback(resumed, build_toy_dataset(split="heldout"), n=4, ks=(1,),
+                                         every_n_steps=100))
+    resumed.train(resume_from_checkpoint=f"{out}/checkpoint-2")
+    assert EvalLogs.seen == [4]  # the resumed model was never evaluated (and sent to W&B) as the base
+    steps = [h["step"] for h in resumed.state.log_history if "eval/pass@1" in h]
+    assert steps == [0, 2, 4]  # the base and step 2 from the first run, step 4 from this one: no second "step 0"
+    first_base = next(h for h in first.state.log_history if h.get("step") == 0 and "eval/pass@1" in h)
+    assert next(h for h in resumed.state.log_history if h.get("step") == 0) == first_base
