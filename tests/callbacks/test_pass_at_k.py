@@ -94,3 +94,15 @@ def test_a_resumed_run_does_not_log_its_model_as_the_base(make_trainer, tmp_path
     assert steps == [0, 2, 4]  # the base and step 2 from the first run, step 4 from this one: no second "step 0"
     first_base = next(h for h in first.state.log_history if h.get("step") == 0 and "eval/pass@1" in h)
     assert next(h for h in resumed.state.log_history if h.get("step") == 0) == first_base
+
+
+def test_works_with_trl_grpo_trainer(make_trainer):
+    from trl import GRPOConfig, GRPOTrainer
+
+    trainer = make_trainer(trainer_cls=GRPOTrainer, config_cls=GRPOConfig, max_steps=2)
+    trainer.add_callback(PassAtKCallback(trainer, build_toy_dataset(split="heldout"), n=8, ks=(1, 8),
+                                         every_n_steps=2))
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval/pass@8" in h]
+    assert [h["step"] for h in evals] == [0, 2] and all(h["eval/num_prompts"] == 6 for h in evals)
+    assert sum("reward" in h for h in trainer.state.log_history if "eval/pass@1" not in h) >= 2  # training logs kept
