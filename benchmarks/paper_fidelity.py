@@ -61,13 +61,10 @@ def measure(model, tokenizer, generation_config, options, seed: int) -> dict[str
 
 
 def base_generation_config(tokenizer, options):
-    from transformers import GenerationConfig
-
+    from hf_trainkit.eval.sampling import sampling_config
     from hf_trainkit.training.options import TOY_TASK_DEFAULTS
 
-    return GenerationConfig(max_new_tokens=TOY_TASK_DEFAULTS["max_completion_length"], do_sample=True,
-                            temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+    return sampling_config(tokenizer, TOY_TASK_DEFAULTS["max_completion_length"])
 
 
 def claims(table: dict[str, dict[str, float]], spread: dict[str, dict[str, float]], k_small: int, k_large: int,
@@ -163,9 +160,10 @@ def main(argv=None) -> int:
             results.append((text, holds, figures, robust))
             caveat = "" if robust or len(options.seeds) < 2 else " (the difference is within the spread across seeds)"
             print(f"  [{'holds' if holds else 'DOES NOT HOLD'}] {text}: {figures}{caveat}")
-    robust = sum(h and r for _, h, _, r in results)
-    print(f"\n{sum(h for _, h, *_ in results)}/{len(results)} claims hold ({robust} by more than the spread across "
-          f"seeds); {time.perf_counter() - started:.0f} s in all")
+    held = sum(h for _, h, *_ in results)
+    robust = f" ({sum(h and r for _, h, _, r in results)} by more than the spread across seeds)" \
+        if len(options.seeds) > 1 else " (one seed: no spread to compare with)"
+    print(f"\n{held}/{len(results)} claims hold{robust}; {time.perf_counter() - started:.0f} s in all")
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({"table": table, "spread": spread, "per_seed": per_seed, "options": vars(options),

@@ -219,6 +219,12 @@ def toy_base_recipe(seed: int, warmup_steps: int = WARMUP_STEPS) -> dict:
             "hidden_size": 64, "num_layers": 2}
 
 
+def build_toy_base_from_recipe(recipe: dict, tokenizer=None):
+    """The base model a `toy_base_recipe` describes (the same weights, on the same machine)."""
+    return build_toy_base_model(tokenizer, seed=recipe["seed"], warmup_steps=recipe["warmup_steps"],
+                                hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"])
+
+
 def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     """`directory` holding the base model of `recipe` (and the toy tokenizer), built and saved unless it is already
     there; returns `directory`. Saved to a temporary folder and renamed, so an interrupted save leaves no half
@@ -237,8 +243,7 @@ def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     except (OSError, ValueError):
         pass
     tokenizer = build_toy_tokenizer()
-    model = build_toy_base_model(tokenizer, seed=recipe["seed"], warmup_steps=recipe["warmup_steps"],
-                                 hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"])
+    model = build_toy_base_from_recipe(recipe, tokenizer)
     partial = f"{directory}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

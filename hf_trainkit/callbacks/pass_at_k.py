@@ -139,10 +139,9 @@ def generation_config_of(trainer):
     config = getattr(trainer, "generation_config", None)
     if config is not None:
         return config
-    from transformers import GenerationConfig
+    from ..eval.sampling import sampling_config
 
-    args, tokenizer = trainer.args, trainer.processing_class
-    return GenerationConfig(max_new_tokens=getattr(args, "max_completion_length", 256), do_sample=True,
-                            temperature=getattr(args, "temperature", 1.0), top_p=getattr(args, "top_p", 1.0),
-                            top_k=getattr(args, "top_k", None) or 0, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+    args = trainer.args
+    return sampling_config(trainer.processing_class, getattr(args, "max_completion_length", 256),
+                           temperature=getattr(args, "temperature", 1.0), top_p=getattr(args, "top_p", 1.0),
+                           top_k=getattr(args, "top_k", None) or 0)

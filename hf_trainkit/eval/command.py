@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..argparsing import OneLineArgumentParser, UsageError, run_command
+from ..checkpointing.integrity import WEIGHT_FILES as _WEIGHTS, WEIGHT_INDEXES
 from ..constants import BASE_MODEL_DIR, EVAL_RESULTS, RUN_RECORD
 
 
 PROG = "hf-trainkit eval"
+WEIGHT_FILES = (*_WEIGHTS, *WEIGHT_INDEXES)  # what makes a folder a loadable model
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
-                "adapter_model.bin")
 
 
 class EvalInputError(UsageError):
@@ -88,7 +88,7 @@ def resolve_target(text: str) -> Target:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         hint = (" The run has no final weights (it did not finish, or ran before they were saved): pass one of its "
                 "checkpoint-N folders." if run_dir == path else "")
-        raise EvalInputError(f"{text}: no model weights ({', '.join(WEIGHT_FILES[:4])}).{hint}")
+        raise EvalInputError(f"{text}: no model weights ({', '.join(_WEIGHTS)}).{hint}")
     label = path.name if run_dir in (None, path) else f"{run_dir.name}/{path.name}"
     return Target(label=label, path=path, run_dir=run_dir, record=record)
 
@@ -114,13 +114,11 @@ def load_model(target: Target):
     """(model, tokenizer) of a target; a LoRA adapter on top of the base its run recorded (or its config names)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..toy import build_toy_base_model, build_toy_tokenizer
+    from ..toy import build_toy_base_from_recipe, build_toy_tokenizer
 
     if target.path is None and target.recipe and "seed" in target.recipe:  # a toy base rebuilt from its recipe
         tokenizer = build_toy_tokenizer()
-        recipe = {k: v for k, v in target.recipe.items() if k in ("seed", "warmup_steps", "hidden_size",
-                                                                  "num_layers")}
-        return build_toy_base_model(tokenizer, **recipe), tokenizer
+        return build_toy_base_from_recipe(target.recipe, tokenizer), tokenizer
     source = str(target.path) if target.path is not None else target.recipe["name_or_path"]
     adapter = target.path is not None and (target.path / "adapter_config.json").is_file()
     try:
@@ -171,16 +169,15 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
 
 
 def generation_config(args, record: dict, tokenizer):
-    from transformers import GenerationConfig
+    from .sampling import sampling_config
 
     recorded = record.get("generation") if isinstance(record.get("generation"), dict) else {}
     max_new_tokens = args.max_new_tokens or recorded.get("max_new_tokens")
     if not max_new_tokens:
         raise EvalInputError("--max-new-tokens is needed: the run recorded no generation length.")
     temperature = args.temperature if args.temperature is not None else recorded.get("temperature", 1.0)
-    return GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=True, temperature=float(temperature),
-                            top_p=float(recorded.get("top_p") or 1.0), top_k=int(recorded.get("top_k") or 0),
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return sampling_config(tokenizer, int(max_new_tokens), temperature=float(temperature),
+                           top_p=float(recorded.get("top_p") or 1.0), top_k=int(recorded.get("top_k") or 0))
 
 
 def format_table(results: list[dict], ks: list[int]) -> str:

@@ -39,6 +39,16 @@ def score(reward_funcs: Sequence[Callable], rows: list[dict], completions: list,
     return total
 
 
+def sampling_config(tokenizer, max_new_tokens: int, *, temperature: float = 1.0, top_p: float = 1.0,
+                    top_k: int = 0):
+    """A sampling `GenerationConfig` as GRPO generates (do_sample, the tokenizer's pad and eos), for callers that
+    have no trainer's own `generation_config`."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                            top_k=top_k, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
 def first_token_entropies(model, tokenizer, prompts: list[str], temperature: float, batch_size: int) -> list[float]:
     """Entropy (nats) of the model's distribution over the first completion token of each prompt, at `temperature`
     (the distribution sampling draws from, before top-k/top-p)."""
