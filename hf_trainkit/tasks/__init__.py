@@ -1,0 +1,1 @@
+"""Built-in tasks and tiny models built locally."""
