@@ -6,6 +6,7 @@ from .checkpoint_policy import CheckpointPolicyCallback
 from .diagnostics import TrainingDiagnosticsCallback
 from .early_stopping import MetricEarlyStoppingCallback, MonitorNotLoggedError, StoppingCheck
 from .live_control import LiveControlCallback
+from .live_log import LiveLogCallback, reconcile_live_log
 from .loss_curve import LossCurveCallback, curve_stats
 from .pass_at_k import PassAtKCallback
 from .resume_checks import ResumeChecksCallback
@@ -17,6 +18,7 @@ __all__ = [
     "CheckpointManagerCallback",
     "CheckpointPolicyCallback",
     "LiveControlCallback",
+    "LiveLogCallback",
     "LossCurveCallback",
     "MetricEarlyStoppingCallback",
     "MonitorNotLoggedError",
@@ -27,5 +29,6 @@ __all__ = [
     "WandbEveryNCallback",
     "aggregate_window",
     "curve_stats",
+    "reconcile_live_log",
     "wandb_key",
 ]

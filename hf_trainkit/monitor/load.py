@@ -20,7 +20,10 @@ SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_se
 KEY_ALIASES = {"lr": "learning_rate"}
 _LARGEST_STEP = 2 ** 53  # beyond it a step is no step (and no float holds it exactly)
 _LARGEST_FLOAT = 1.7976931348623157e308
-_NOT_METRICS = {"step", "epoch"}
+# The live record of every log (LiveLogCallback): one JSON object per line, plus the wall-clock time of each.
+LIVE_LOG_FILE = "logs/log_history.jsonl"
+TIME_KEY = "_time"
+_NOT_METRICS = {"step", "epoch", TIME_KEY}
 
 
 class MonitorInputError(UsageError, ValueError):
@@ -174,6 +177,46 @@ def read_state_file(path: Path, label: str) -> RunHistory:
     return parse_state(data, path, label)
 
 
+def read_live_log(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The entries of a live log from byte `offset` on, and the offset after the last complete line.
+
+    A line still being written (no newline yet) is left for the next read; a line that is not a JSON object (a
+    torn write after a crash) is skipped. Entries keep their `"_time"`.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        raw = handle.read()
+    end = raw.rfind(b"\n") + 1
+    body = raw[:end].strip()
+    if not body:
+        return [], offset + end
+    try:  # one parse for the whole file (several times faster than a json.loads per line)
+        entries = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        if all(type(entry) is dict for entry in entries):
+            return entries, offset + end
+    except (ValueError, RecursionError):
+        pass
+    entries = []  # a torn or foreign line somewhere: line by line, skipping what is not an object
+    for line in raw[:end].splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if type(entry) is dict:
+            entries.append(entry)
+    return entries, offset + end
+
+
+def read_live_log_history(path: Path, label: str) -> RunHistory:
+    """A run as its live log records it (a running run, or one that died before its first save)."""
+    try:
+        entries, _ = read_live_log(path)
+    except OSError as error:
+        raise MonitorInputError(f"{path}: cannot read ({error.strerror or error}).") from None
+    steps = [e["step"] for e in entries if type(e.get("step")) is int]
+    return parse_state({"log_history": entries, "global_step": max(steps, default=0)}, path, label)
+
+
 def _checkpoint_states(directory: Path) -> list[Path]:
     found = []
     for child in directory.iterdir():
@@ -225,6 +268,8 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
         raise MonitorInputError(f"{path}: not a file or directory.")
     candidates = [path / TRAINER_STATE_NAME] if (path / TRAINER_STATE_NAME).is_file() else []
     candidates += _checkpoint_states(path)
+    if (path / LIVE_LOG_FILE).is_file():
+        candidates.append(path / LIVE_LOG_FILE)
     if not candidates:
         raise MonitorInputError(
             f"no {TRAINER_STATE_NAME} in {path} or its checkpoint-* folders; pass an output dir, a checkpoint dir or "
@@ -233,10 +278,13 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
     loaded, errors = [], []
     for candidate in candidates:
         try:
-            loaded.append(read_state_file(candidate, label))
+            reader = read_live_log_history if candidate.name.endswith(".jsonl") else read_state_file
+            loaded.append(reader(candidate, label))
         except MonitorInputError as error:  # a half-written checkpoint: use the others
             errors.append(str(error))
     if not loaded:
         raise MonitorInputError(errors[0])
-    # Furthest along wins; on a tie prefer the output dir's own file (written last, at the end of training).
-    return max(loaded, key=lambda history: (history.global_step, history.source == path / TRAINER_STATE_NAME))
+    # Furthest along wins (the live log while a run goes on, or after it died before saving); on a tie prefer a
+    # trainer_state.json, the output dir's own first (written last, at the end of training).
+    return max(loaded, key=lambda history: (history.global_step, history.source.name == TRAINER_STATE_NAME,
+                                            history.source == path / TRAINER_STATE_NAME))

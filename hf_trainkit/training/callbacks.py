@@ -21,7 +21,7 @@ def _as_flags(message: str) -> str:
 
 
 def build_callbacks(options: argparse.Namespace) -> list:
-    from ..callbacks import (CheckpointPolicyCallback, LiveControlCallback, LossCurveCallback,
+    from ..callbacks import (CheckpointPolicyCallback, LiveControlCallback, LiveLogCallback, LossCurveCallback,
                              MetricEarlyStoppingCallback, TrainingDiagnosticsCallback, WandbEveryNCallback)
     from ..metric_rules import default_mode
 
@@ -46,6 +46,7 @@ def build_callbacks(options: argparse.Namespace) -> list:
         raise UsageError(f"--control-port {options.control_port}: use 0-65535 (0 picks a free port).")
     callbacks.append(LiveControlCallback(port=options.control_port, host=options.control_host,
                                          watch_requests=not options.no_live_control))
+    callbacks.append(LiveLogCallback())  # logs/log_history.jsonl: what the dashboard and the monitor watch live
     if options.wandb_every is not None or "wandb" in options.report_to:
         try:
             callbacks.append(WandbEveryNCallback(options.wandb_every or 1, project=options.wandb_project,
