@@ -8,6 +8,7 @@ from trl import GRPOTrainer
 
 from .advantages import compute_mode_advantages, format_mode_line, metric_prefix
 from .filtered_grpo_config import FilteredGRPOConfig
+from .rows import mask_rows, select_rows
 
 
 logger = logging.get_logger(__name__)
@@ -23,64 +24,10 @@ LOGGED_STATS = (
     "avg_reward",
     "pos_neg_ratio",
 )
-# Batch entries that are not one row per completion (vision inputs are split by image grid, not by sample): with
-# any of them present, dropped rows are masked out instead of removed.
-_NOT_ROW_ALIGNED = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "image_sizes",
-    "image_position_ids",
-    "num_images",
-    "num_tiles",
-    "token_type_ids",
-    "mm_token_type_ids",
-)
 # Loss types whose denominator counts rows: padding rows (see select_rows) must be scaled back out.
 _ROW_MEAN_LOSSES = ("grpo", "sapo", "luspo", "dr_grpo")
 # Which samples must exist for each filtered mode to have anything to learn from.
 _STARVED_WHEN_NO = {"psr": "positive", "nsr": "negative", "w-reinforce": "positive"}
-
-
-def select_rows(inputs: dict[str, Any], keep: torch.Tensor, size: int | None = None) -> dict[str, Any]:
-    """The batch restricted to the rows where `keep` is true, padded to `size` rows (scalars and `None` pass through).
-
-    Padding rows are copies of the first row with their loss mask and advantage zeroed: they add nothing to the
-    loss, but let a rank with fewer (or no) kept samples run the same forward/backward passes and per-row
-    collectives (`all_gather` of per-sequence metrics) as the others, which ZeRO-3 and gloo/NCCL require.
-    """
-    batch_size = keep.shape[0]
-    index = keep.nonzero(as_tuple=True)[0]
-    kept = index.numel()
-    size = max(size if size is not None else kept, 1)
-    if size > kept:
-        index = torch.cat([index, torch.zeros(size - kept, dtype=index.dtype, device=index.device)])
-    selected = {}
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
-            selected[key] = value.index_select(0, index)
-        elif isinstance(value, list) and len(value) == batch_size:
-            selected[key] = [value[i] for i in index.tolist()]
-        else:
-            selected[key] = value
-    if size > kept:
-        for key in ("completion_mask", "tool_mask", "advantages"):
-            if selected.get(key) is not None:
-                selected[key] = selected[key].clone()
-                selected[key][kept:] = 0
-    return selected
-
-
-def mask_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-    """The batch with dropped rows kept in place but weightless (zero advantage and zero loss mask)."""
-    masked = dict(inputs)
-    for key in ("completion_mask", "tool_mask", "advantages"):
-        value = masked.get(key)
-        if value is not None:
-            row_keep = keep.view(-1, *([1] * (value.dim() - 1)))
-            masked[key] = value * row_keep.to(value.dtype)
-    return masked
 
 
 class FilteredGRPOTrainer(GRPOTrainer):
@@ -233,17 +180,20 @@ class FilteredGRPOTrainer(GRPOTrainer):
         keep = inputs.get("keep")
         if keep is None:
             return super()._compute_loss(model, inputs)
-        if any(inputs.get(key) is not None for key in _NOT_ROW_ALIGNED):
+        kept = int(keep.sum())
+        size = self._rows_per_rank(kept, keep.device)
+        selected = select_rows(inputs, keep, size)
+        if selected is None:
             if not self._warned_non_row_aligned:
                 self._warned_non_row_aligned = True
                 logger.warning(
-                    "FilteredGRPOTrainer: this batch has per-image inputs, so dropped samples are masked (zero "
-                    "weight) instead of removed; they still cost a forward pass and count in per-sequence means."
+                    "FilteredGRPOTrainer: the image inputs of this batch cannot be split per sample (no `num_images`, "
+                    "or a layout TRL does not split), so dropped samples are masked (zero weight) instead of removed: "
+                    "they still cost their forward and backward passes."
                 )
-            return super()._compute_loss(model, mask_rows(inputs, keep))
-        kept = int(keep.sum())
-        size = self._rows_per_rank(kept, keep.device)
-        loss = super()._compute_loss(model, select_rows(inputs, keep, size))
+            # Masked rows weigh like padding rows: the row-mean rescaling below takes them out of the mean.
+            selected, size = mask_rows(inputs, keep), keep.shape[0]
+        loss = super()._compute_loss(model, selected)
         if 0 < kept < size and self.loss_type in _ROW_MEAN_LOSSES:
             if self._entropy_bonus_enabled or self.aux_loss_enabled:
                 if not self._warned_padding:
