@@ -17,6 +17,29 @@ from collections.abc import Callable, Sequence
 from .metrics import coverage, entropy
 
 
+def tokenizer_of(processing_class):
+    """The tokenizer of a tokenizer or of a vision-language processor."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def row_images(row: dict) -> list | None:
+    """The images of a dataset row, as TRL reads them: an ``images`` list or a single ``image``."""
+    if row.get("images") is not None:
+        return list(row["images"])
+    if row.get("image") is not None:
+        return [row["image"]]
+    return None
+
+
+def encode(processing_class, texts: list[str], rows: list[dict]):
+    """Model inputs for prompts: with a vision-language processor and rows that carry images, the processor's
+    (token ids and pixel values); otherwise the tokenizer's."""
+    images = [row_images(row) for row in rows] if hasattr(processing_class, "image_processor") else []
+    if images and all(image_list for image_list in images):
+        return processing_class(text=texts, images=images, return_tensors="pt", padding=True)
+    return tokenizer_of(processing_class)(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
 def prompt_text(prompt, tokenizer) -> str:
     """A plain prompt as it is; a conversation (list of messages) through the chat template, as TRL does."""
     if isinstance(prompt, str):
@@ -45,19 +68,21 @@ def sampling_config(tokenizer, max_new_tokens: int, *, temperature: float = 1.0,
     have no trainer's own `generation_config`."""
     from transformers import GenerationConfig
 
+    tokenizer = tokenizer_of(tokenizer)
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                             top_k=top_k, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
-def first_token_entropies(model, tokenizer, prompts: list[str], temperature: float, batch_size: int) -> list[float]:
+def first_token_entropies(model, tokenizer, prompts: list[str], temperature: float, batch_size: int,
+                          rows: list[dict] | None = None) -> list[float]:
     """Entropy (nats) of the model's distribution over the first completion token of each prompt, at `temperature`
     (the distribution sampling draws from, before top-k/top-p)."""
     import torch
 
     values = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
+        batch = encode(tokenizer, prompts[start:start + batch_size],
+                       (rows or [{}] * len(prompts))[start:start + batch_size]).to(model.device)
         logits = model(**batch).logits[:, -1, :].float() / max(temperature, 1e-6)
         probabilities = torch.softmax(logits, dim=-1).tolist()
         values.extend(entropy(p) for p in probabilities)
@@ -66,6 +91,7 @@ def first_token_entropies(model, tokenizer, prompts: list[str], temperature: flo
 
 @contextlib.contextmanager
 def _left_padding(tokenizer):
+    tokenizer = tokenizer_of(tokenizer)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues after the prompt's last token
     try:
@@ -80,7 +106,8 @@ def evaluate(model, tokenizer, rows: list[dict], reward_funcs: Sequence[Callable
     ``entropy``, ``coverage`` (None unless the first reward function has ``answer_of`` and ``correct_answers_of``,
     as `hf_trainkit.toy.digit_rule_reward` has) and ``answers`` (how often each answer was given).
 
-    Sampling uses its own RNG stream seeded with `seed`: the caller's (the training's) RNG state is untouched, so an
+    `tokenizer` may be a vision-language processor: rows with an ``image`` or ``images`` column are then sampled
+    on their images. Sampling uses its own RNG stream seeded with `seed`: the caller's (the training's) RNG state is untouched, so an
     evaluation never changes what training does next.
     """
     import torch
@@ -97,19 +124,18 @@ def evaluate(model, tokenizer, rows: list[dict], reward_funcs: Sequence[Callable
         with torch.random.fork_rng(devices=[]), torch.no_grad(), _left_padding(tokenizer):
             torch.manual_seed(seed)
             entropies = first_token_entropies(model, tokenizer, texts, generation_config.temperature or 1.0,
-                                              batch_size)
+                                              batch_size, rows)
             per_call = max(1, batch_size // n)  # prompts per generate call
             for start in range(0, len(rows), per_call):
                 chunk_rows, chunk_texts = rows[start:start + per_call], texts[start:start + per_call]
-                batch = tokenizer(chunk_texts, return_tensors="pt", padding=True,
-                                  add_special_tokens=False).to(model.device)
+                batch = encode(tokenizer, chunk_texts, chunk_rows).to(model.device)
                 samples = [[] for _ in chunk_rows]
                 for drawn in range(0, n, batch_size):
                     repeat = min(n - drawn, batch_size)
                     config = copy.deepcopy(generation_config)
                     config.num_return_sequences = repeat
                     output = model.generate(**batch, generation_config=config)
-                    decoded = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:],
+                    decoded = tokenizer_of(tokenizer).batch_decode(output[:, batch["input_ids"].shape[1]:],
                                                      skip_special_tokens=True)
                     for i in range(len(chunk_rows)):
                         samples[i].extend(decoded[i * repeat:(i + 1) * repeat])

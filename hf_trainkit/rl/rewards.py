@@ -6,6 +6,7 @@ import importlib
 import re
 from collections.abc import Callable
 
+from ..tasks.chart import chart_answer_reward
 from ..toy import digit_rule_reward
 
 
@@ -45,12 +46,13 @@ def exact_answer_reward(completions: list, answer: list, **kwargs) -> list[float
 
 BUILTIN_REWARDS: dict[str, Callable] = {
     "digit_rule": digit_rule_reward,
+    "chart_answer": chart_answer_reward,
     "exact_answer": exact_answer_reward,
 }
 
 
 def resolve_reward_func(spec: str) -> Callable:
-    """A built-in reward name (``digit_rule``, ``exact_answer``) or an import path ``package.module:function``."""
+    """A built-in reward name (``digit_rule``, ``chart_answer``, ``exact_answer``) or an import path ``package.module:function``."""
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     module_name, _, attribute = spec.partition(":")

@@ -10,7 +10,7 @@ from ..argparsing import UsageError
 from ..checkpointing.resume import (NO_FALLBACK, agreed_resume_point, fallback_after_failed_load,
                                     pull_from_mirror)
 from .callbacks import build_callbacks
-from .inputs import (build_model_and_tokenizer, build_peft_config, load_eval_dataset, load_train_dataset,
+from .inputs import (build_model_and_tokenizer, build_peft_config, has_images, load_eval_dataset, load_train_dataset,
                      prepare_base_model)
 from .options import build_config, describe_defaults, resolve_defaults
 
@@ -54,6 +54,8 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
 
 def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: list, checkpoint: str | None,
            extra_callbacks: list):
+    from transformers import PreTrainedTokenizerBase
+
     from ..rl.filtered_grpo_trainer import FilteredGRPOTrainer
 
     if checkpoint:
@@ -64,14 +66,14 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
     tried: list[str] = []
     while True:
         # After the config: under DeepSpeed ZeRO-3 the model must be created once the config has set up zero.Init.
-        model, tokenizer = build_model_and_tokenizer(options)
+        model, tokenizer = build_model_and_tokenizer(options, images=has_images(dataset))
         trainer = FilteredGRPOTrainer(
             model=model,
             reward_funcs=reward_funcs,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=build_peft_config(options),
+            peft_config=build_peft_config(options, vision=not isinstance(tokenizer, PreTrainedTokenizerBase)),
             callbacks=callbacks,
         )
         if eval_dataset is not None:
