@@ -50,12 +50,18 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(task, "dataset", default=None, metavar="NAME_OR_PATH",
           help="dataset id, a saved dataset directory, or a .json/.jsonl/.csv/.parquet file with a 'prompt' column "
           "(default: the built-in digit-rule task)")
+    flag(task, "task", choices=["digit", "chart"], default=None,
+          help="built-in task when no --dataset is given: 'digit' (the digit-rule text task, a tiny Llama) or "
+          "'chart' (chart question answering on images drawn locally, a tiny Qwen2.5-VL) (default: digit)")
+    flag(task, "image-column", default=None, metavar="COLUMN",
+          help="column holding each prompt's image(s): PIL images, paths (relative to the data file) or bytes "
+          "(default: 'image' or 'images' when present); needs a vision-language --model")
     flag(task, "dataset-config", default=None, metavar="NAME", help="dataset configuration name")
     flag(task, "dataset-split", default="train", metavar="SPLIT", help="dataset split to train on")
     flag(task, "prompt-column", default="prompt", metavar="COLUMN", help="column holding the prompts")
     flag(task, "reward-func", action="append", default=None, metavar="NAME_OR_IMPORT",
-          help="reward function: a built-in (digit_rule, exact_answer) or 'module:function'; repeatable "
-          "(default: digit_rule for the toy task, exact_answer otherwise)")
+          help="reward function: a built-in (digit_rule, chart_answer, exact_answer) or 'module:function'; "
+          "repeatable (default: digit_rule / chart_answer for the built-in tasks, exact_answer otherwise)")
 
     rl = parser.add_argument_group("reward filter")
     flag(rl, "reward-threshold", type=float, default=0.5, metavar="R",
@@ -103,6 +109,8 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(lora, "lora-dropout", type=non_negative_float, default=0.05, metavar="P", help="LoRA dropout")
     flag(lora, "lora-target-modules", nargs="+", default=["all-linear"], metavar="MODULE",
           help="modules to adapt")
+    flag(lora, "lora-vision", action="store_true",
+          help="on a vision-language model, adapt the vision tower too (default: the language model only)")
 
     save = parser.add_argument_group("checkpoints")
     flag(save, "save-steps", type=positive_int, default=50, metavar="N", help="save a checkpoint every N steps")
