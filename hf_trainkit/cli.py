@@ -33,6 +33,12 @@ def _run_control(rest: list[str]) -> int:
     return main(rest)
 
 
+def _run_dashboard(rest: list[str]) -> int:
+    from .dashboard.command import main
+
+    return main(rest)
+
+
 def _run_eval(rest: list[str]) -> int:
     from .eval.command import main
 
@@ -51,6 +57,8 @@ COMMANDS = {
     "monitor": ("plot one run or compare many from trainer_state.json, with a diagnosis", _run_monitor),
     "checkpoints": ("find, list and inspect checkpoints: latest DIR | list DIR | inspect CKPT", _run_checkpoints),
     "control": ("act on a running training: save [--name N] RUN_DIR | stop RUN_DIR | status RUN_DIR", _run_control),
+    "dashboard": ("a live page of one training or several: curves, diagnostics, checkpoints, Save and Stop",
+                  _run_dashboard),
     "eval": ("pass@k, entropy and coverage of saved checkpoints or runs (and their base model)", _run_eval),
     "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
 }

@@ -1,0 +1,5 @@
+from .command import main
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

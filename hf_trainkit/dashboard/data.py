@@ -1,0 +1,201 @@
+"""What the dashboard sends, as pure functions: series since a cursor, min/max thinning to the screen's width, the
+current-metrics line and the ETA. No I/O here (see `runs.py` for reading the run folders).
+
+Every value that goes out is JSON a browser can parse: NaN and infinities become `null`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+
+
+STEP_KEYS = ("step", "epoch", "_time")
+DEFAULT_POINTS = 1000  # about a screen's width in points, per series
+
+
+def thin_indices(values: Sequence[float], points: int = DEFAULT_POINTS) -> list[int]:
+    """Indices of `values` to draw at about `points` points without losing a spike: the first and the last, and in
+    each of `points // 2` equal buckets the minimum and the maximum (and the first non-finite value, so a NaN or an
+    infinity still shows as a gap). All indices when there are no more than `points` values. Sorted.
+
+    Vectorised: 100,000 values take about a millisecond.
+    """
+    import numpy as np
+
+    n = len(values)
+    if n <= max(points, 2):
+        return list(range(n))
+    buckets = max(1, points // 2)
+    size = -(-n // buckets)
+    buckets = -(-n // size)
+    y = np.full(buckets * size, np.nan)
+    y[:n] = np.asarray(values, dtype=float)
+    y = y.reshape(buckets, size)
+    real = (np.arange(buckets * size) < n).reshape(buckets, size)
+    finite = np.isfinite(y)
+    base = np.arange(buckets) * size
+    low = np.where(finite, y, np.inf).argmin(axis=1)
+    high = np.where(finite, y, -np.inf).argmax(axis=1)
+    has_finite = finite.any(axis=1)
+    odd = ~finite & real
+    has_odd = odd.any(axis=1)
+    chosen = [base[has_finite] + low[has_finite], base[has_finite] + high[has_finite],
+              base[has_odd] + odd.argmax(axis=1)[has_odd], np.array([0, n - 1])]
+    return np.unique(np.concatenate(chosen)).astype(int).tolist()
+
+
+def json_number(value) -> float | None:
+    """`value` as something `JSON.parse` accepts: a finite number, else None."""
+    if type(value) is bool or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def append_entries(columns: dict[str, dict[str, list]], entries: Sequence[dict], start: int = 0
+                   ) -> dict[str, dict[str, list]]:
+    """Add log entries (`Trainer.log` dicts) to the metric columns `columns` (key -> {"i": entry index counted from
+    `start`, "x": step, "e": epoch, "t": time, "y": value}), in place, and return it. Non-numeric values are left
+    out; step/epoch/time are axes, not metrics; the end-of-training summary (`train_runtime` ...) is no point of a
+    curve. Each entry is read once, so a run of 100,000 logs is ingested once and then only what is new."""
+    for index, entry in enumerate(entries, start):
+        if type(entry) is not dict or "train_runtime" in entry:
+            continue
+        step, epoch, when = entry.get("step"), entry.get("epoch"), entry.get("_time")
+        if step is None:
+            step = index
+        for key, value in entry.items():
+            kind = type(value)
+            if (kind is not float and kind is not int) or key in STEP_KEYS:
+                continue
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = {"i": [], "x": [], "e": [], "t": [], "y": []}
+            column["i"].append(index)
+            column["x"].append(step)
+            column["e"].append(epoch)
+            column["t"].append(when)
+            column["y"].append(value)
+    return columns
+
+
+def series_from_entries(entries: Sequence[dict], start: int = 0) -> dict[str, dict[str, list]]:
+    """The metric columns of `entries` (see `append_entries`)."""
+    return append_entries({}, entries, start)
+
+
+def select(column: dict[str, list], indices: Sequence[int]) -> dict[str, list]:
+    """`column` at `indices`, with every value made JSON-safe."""
+    return {name: [json_number(values[i]) for i in indices] for name, values in column.items() if name != "i"}
+
+
+def since_cursor(columns: dict[str, dict[str, list]], total: int, cursor: int | None, generation: int,
+                 client_generation: int | None, points: int = DEFAULT_POINTS) -> dict:
+    """What a client holding the first `cursor` of `total` entries of generation `client_generation` needs: only
+    the points of the entries after its cursor (`"reset": False`); or, for a new client, another generation (the
+    log was set aside on a resume) or more new entries than `points` (a tab hidden for a long time), every series
+    thinned to about `points` points (`"reset": True`, see `thin_indices`).
+
+    Returns:
+        {"generation", "cursor" (send it back next time), "reset", "series": key -> {"x", "e", "t", "y"}}.
+    """
+    fresh = (cursor is None or client_generation != generation or not 0 <= cursor <= total
+             or total - cursor > points)
+    out = {}
+    for key, column in columns.items():
+        if fresh:
+            indices = thin_indices(column["y"], points)
+        else:
+            indices = range(bisect_left(column["i"], cursor), len(column["i"]))
+            if not indices:
+                continue
+        out[key] = select(column, indices)
+    return {"generation": generation, "cursor": total, "reset": fresh, "series": out}
+
+
+def primary_metric(keys) -> tuple[str, str] | None:
+    """(key, mode) of what a run is judged by: the reward for RL runs (their loss is ~0 by construction), else the
+    loss."""
+    keys = set(keys)
+    if "reward" in keys:
+        return "reward", "max"
+    rewards = sorted(k for k in keys if k.startswith("rewards/") and k.endswith("/mean"))
+    if rewards:
+        return rewards[0], "max"
+    if "loss" in keys:
+        return "loss", "min"
+    return None
+
+
+def _finite(column: dict[str, list] | None):
+    import numpy as np
+
+    if not column:
+        return np.empty(0)
+    y = np.asarray(column["y"], dtype=float)
+    return y[np.isfinite(y)]
+
+
+def metrics_line(columns: dict[str, dict[str, list]], max_steps: int | None = None) -> dict:
+    """The current-metrics line of a run, from its full columns (key -> {"x", "y", ...}):
+    `Step 120/500 | Epoch 0.24 | Reward: 0.812 | Loss: 0.001 | Eval loss: 0.35 | Gap: +0.03 | Improvement: +0.004 |
+    Best reward: 0.83 ✓` (the gap is eval loss minus train loss; the improvement is the change since the previous
+    log; ✓ when the last value is the best so far).
+
+    Returns:
+        {"text", "step", "max_steps", "epoch", "metric", "mode", "value", "best", "is_best", ...}, JSON-safe.
+    """
+    steps = [json_number(c["x"][-1]) for c in columns.values() if c["x"]]
+    epochs = [json_number(c["e"][-1]) for c in columns.values() if c["e"]]
+    steps, epochs = [s for s in steps if s is not None], [e for e in epochs if e is not None]
+    step = int(max(steps)) if steps else 0
+    line = {"step": step, "max_steps": max_steps, "epoch": max(epochs) if epochs else None}
+    parts = [f"Step {step}/{max_steps}" if max_steps else f"Step {step}"]
+    if line["epoch"] is not None:
+        parts.append(f"Epoch {line['epoch']:.2f}")
+    chosen = primary_metric(columns)
+    values = _finite(columns.get(chosen[0])) if chosen else []
+    if len(values):
+        key, mode = chosen
+        value = float(values[-1])
+        best = float(values.max() if mode == "max" else values.min())
+        line.update(metric=key, mode=mode, value=value, best=best, is_best=value == best,
+                    improvement=float(values[-1] - values[-2]) if len(values) > 1 else None)
+        parts.append(f"{key[:1].upper()}{key[1:]}: {value:.4g}")
+        train = _finite(columns.get("loss"))
+        if len(train) and key != "loss":
+            parts.append(f"Loss: {float(train[-1]):.4g}")
+        evals = _finite(columns.get("eval_loss"))
+        if len(evals):
+            line["eval_loss"] = float(evals[-1])
+            parts.append(f"Eval loss: {line['eval_loss']:.4g}")
+            if len(train):
+                line["gap"] = float(evals[-1] - train[-1])
+                parts.append(f"Gap: {line['gap']:+.4g}")
+        if line["improvement"] is not None:
+            parts.append(f"Improvement: {line['improvement']:+.4g}")
+        parts.append(f"Best {key}: {best:.4g}" + (" ✓" if line["is_best"] else ""))
+    line["text"] = " | ".join(parts)
+    return {k: (json_number(v) if isinstance(v, float) else v) for k, v in line.items()}
+
+
+def progress(steps: Sequence[float], times: Sequence[float | None], max_steps: int | None,
+             window: int = 50) -> dict:
+    """Fraction done and the ETA from the last `window` logs' pace (seconds per step)."""
+    pairs = [(s, t) for s, t in zip(steps, times) if json_number(s) is not None and json_number(t) is not None]
+    step = pairs[-1][0] if pairs else (steps[-1] if steps else 0)
+    out = {"step": step, "max_steps": max_steps, "fraction": None, "seconds_per_step": None, "eta_seconds": None}
+    if max_steps:
+        out["fraction"] = min(1.0, max(0.0, step / max_steps))
+    recent = pairs[-window:]
+    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
+        pace = (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+        out["seconds_per_step"] = pace
+        if max_steps:
+            out["eta_seconds"] = max(0.0, (max_steps - step) * pace)
+    return out

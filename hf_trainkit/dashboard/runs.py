@@ -1,0 +1,218 @@
+"""The run folders as the dashboard sees them: the live log read incrementally (or `trainer_state.json` for a run
+without one), the live-control status, checkpoints, diagnostics. Reads only; acts only through
+`checkpointing.control.submit_request`, the path `hf-trainkit control save|stop` takes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, LOG_FILE, TRAINING_COMPLETE
+from ..monitor.load import LIVE_LOG_FILE, read_live_log
+from . import data
+
+
+CHECKPOINTS_EVERY_SECONDS = 2.0
+DIAGNOSIS_EVERY_SECONDS = 5.0
+FINDING_MARKERS = ("[diagnostics]", "early stopping", "Early stopping", "Control request", "Saved ", "diverge",
+                   "starv")
+MAX_FINDINGS = 200
+REPORT_PLACES = ("report.html", "plots/report.html")
+
+
+class RunData:
+    """One run: its log entries as metric columns, kept up to date by reading only what was appended."""
+
+    def __init__(self, path: str | os.PathLike, label: str):
+        self.path, self.label = Path(path), label
+        self.lock = threading.Lock()
+        self.columns: dict[str, dict[str, list]] = {}
+        self.total = 0  # entries read
+        self.generation = 0  # +1 whenever the history is read again from the start (a resume set it aside)
+        self._offset = 0
+        self._identity = None  # (inode, device) of the live log, or mtime of the trainer_state.json read
+        self._line_cache: tuple | None = None
+        self._checkpoints: tuple[float, tuple, list] | None = None
+        self._diagnosis: tuple[float, int, dict] | None = None
+        self._findings: list[str] = []
+        self._findings_offset = 0
+
+    # --- the log ---------------------------------------------------------------------------------------------------
+
+    def _reset(self):
+        self.columns, self.total, self._offset = {}, 0, 0
+        self.generation += 1
+        self._line_cache = self._diagnosis = None
+
+    def refresh(self):
+        """Read what was appended since the last call (the whole history again if the file was replaced)."""
+        with self.lock:
+            live = self.path / LIVE_LOG_FILE
+            try:
+                info = live.stat()
+            except OSError:
+                return self._refresh_from_state()
+            identity = (info.st_ino, info.st_dev)
+            if identity != self._identity or info.st_size < self._offset:
+                self._reset()
+                self._identity = identity
+            if info.st_size == self._offset:
+                return
+            try:
+                entries, self._offset = read_live_log(live, self._offset)
+            except OSError:
+                return
+            data.append_entries(self.columns, entries, self.total)
+            self.total += len(entries)
+
+    def _refresh_from_state(self):
+        # No live log (a run from before it, or from plain transformers): its newest trainer_state.json.
+        from ..monitor.load import MonitorInputError, load_run
+
+        try:
+            run = load_run(self.path, self.label)
+            identity = (str(run.source), run.source.stat().st_mtime_ns)
+        except (MonitorInputError, OSError):
+            return
+        if identity == self._identity:
+            return
+        import json
+
+        try:
+            history = json.loads(run.source.read_bytes()).get("log_history") or []
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return
+        self._reset()
+        self._identity = identity
+        data.append_entries(self.columns, history)
+        self.total = len(history)
+
+    def since(self, cursor: int | None, client_generation: int | None, points: int) -> dict:
+        with self.lock:
+            return data.since_cursor(self.columns, self.total, cursor, self.generation, client_generation, points)
+
+    # --- what is around it -----------------------------------------------------------------------------------------
+
+    def state(self, read_only: bool = False) -> dict:
+        """running / finished / stopped / gone / unknown, and whether Save and Stop can act (else why not)."""
+        from ..checkpointing.control import read_status
+        from ..checkpointing.control_command import is_running
+
+        status = read_status(self.path)
+        if status is None:
+            finished = (self.path / TRAINING_COMPLETE).is_file()
+            state = "finished" if finished else "unknown"
+            reason = ("the training has finished" if finished else
+                      "no live control here (no control/status.json: started without live control, or not yet)")
+        else:
+            state = status.get("state") or "unknown"
+            if state == "running" and not is_running(status):
+                state = "gone"
+            reason = {"running": None,
+                      "gone": f"the training's process no longer exists (killed or crashed at step "
+                              f"{status.get('step')})",
+                      "finished": f"the training has finished (step {status.get('step')})",
+                      "stopped": f"the training has stopped (step {status.get('step')})"}.get(
+                          state, f"the training is {state}")
+        if read_only and reason is None:
+            reason = "this page is read-only (started with --read-only)"
+        return {"state": state, "can_act": reason is None, "why_not": reason,
+                "max_steps": (status or {}).get("max_steps"), "step": (status or {}).get("step"),
+                "updated_at": (status or {}).get("updated_at")}
+
+    def line(self, max_steps: int | None) -> dict:
+        with self.lock:
+            key = (self.generation, self.total, max_steps)
+            if self._line_cache is None or self._line_cache[0] != key:
+                line = data.metrics_line(self.columns, max_steps)
+                timed = next((c for c in self.columns.values() if any(t is not None for t in c["t"][-1:])), None)
+                if timed is not None:
+                    line["progress"] = data.progress(timed["x"][-60:], timed["t"][-60:], max_steps)
+                self._line_cache = (key, line)
+            return self._line_cache[1]
+
+    def checkpoints(self) -> list[dict]:
+        """The rows of `hf-trainkit checkpoints list --json`, recomputed when a checkpoint folder or marker
+        changed (one directory read and a `stat` per checkpoint otherwise)."""
+        from ..checkpointing.discover import list_checkpoints
+
+        try:
+            signature = tuple(sorted(
+                (entry.name, _mtime(Path(entry.path) / COMPLETE_MARKER)) for entry in os.scandir(self.path)
+                if entry.is_dir() and "checkpoint" in entry.name))
+        except OSError:
+            return []
+        now = time.monotonic()
+        if self._checkpoints and self._checkpoints[1] == signature and now - self._checkpoints[0] < 60:
+            return self._checkpoints[2]
+        rows = [{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"),
+                 "pinned": bool(i.marker.get("pinned")), "reason": i.marker.get("reason"),
+                 "metrics": {k: data.json_number(v) for k, v in i.metrics.items()},
+                 "size_bytes": i.size_bytes, "valid": i.valid, "why_not": i.reason or None}
+                for i in list_checkpoints(self.path, include_strays=True, compute_size=True)]
+        self._checkpoints = (now, signature, rows)
+        return rows
+
+    def diagnosis(self) -> dict | None:
+        """`diagnostics.diagnose` on the monitored curve (the monitor's verdict), at most every few seconds."""
+        from ..diagnostics import diagnose
+
+        with self.lock:
+            if self._diagnosis and (self._diagnosis[1] == self.total
+                                    or time.monotonic() - self._diagnosis[0] < DIAGNOSIS_EVERY_SECONDS):
+                return self._diagnosis[2]
+            chosen = data.primary_metric(self.columns)
+            if chosen is None:
+                return None
+            key, mode = chosen
+            column, evals = self.columns[key], self.columns.get("eval_loss", {"x": [], "y": []})
+            steps, values = list(column["x"]), list(column["y"])
+            eval_steps, eval_values = list(evals["x"]), list(evals["y"])
+            total = self.total
+        result = diagnose(steps, values, mode=mode, name=key, eval_steps=eval_steps, eval_values=eval_values)
+        out = {"metric": key, "verdict": result.verdict, "reason": result.reason, "advice": result.advice,
+               "findings": [{"kind": f.kind, "step": data.json_number(f.step), "message": f.message}
+                            for f in result.findings[-20:]]}
+        self._diagnosis = (time.monotonic(), total, out)
+        return out
+
+    def findings(self) -> list[str]:
+        """The lines the live callbacks printed (diagnostics, early stopping, control requests) in logs/train.log."""
+        path = self.path / LOG_FILE
+        try:
+            size = path.stat().st_size
+            if size < self._findings_offset:
+                self._findings_offset, self._findings = 0, []
+            with open(path, "rb") as handle:
+                handle.seek(self._findings_offset)
+                raw = handle.read(4 << 20)
+        except OSError:
+            return self._findings
+        end = raw.rfind(b"\n") + 1
+        self._findings_offset += end
+        for line in raw[:end].decode("utf-8", "replace").splitlines():
+            if any(marker in line for marker in FINDING_MARKERS):
+                self._findings.append(line.strip()[:500])
+        self._findings = self._findings[-MAX_FINDINGS:]
+        return self._findings
+
+    def report(self) -> Path | None:
+        for place in REPORT_PLACES:
+            if (self.path / place).is_file():
+                return self.path / place
+        return None
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` looks like an output dir a dashboard can show (now or once training has begun)."""
+    return path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()
+                              or any(CHECKPOINT_PATTERN.match(c.name) for c in path.iterdir()))

@@ -1,0 +1,263 @@
+"""The dashboard's HTTP server: the control endpoint's server (stdlib `ThreadingHTTPServer`, connection cap, socket
+timeouts, body limits, JSON errors) with the dashboard's routes.
+
+    GET  /                        the page (no data in it); GET /static/<file>: its script, style, uPlot
+    GET  /api/runs                labels and folders
+    GET  /api/data?c=G:N,G:N&points=P   per run: only the points after the client's cursor (or, for a new client,
+                                  every series thinned to P points), the state, the current-metrics line
+    GET  /api/details?run=I       checkpoints, diagnosis, the live callbacks' findings, report link
+    GET  /api/requests?run=I&id=X what became of a save/stop request
+    GET  /api/report?run=I&token=T  the run's report.html (written by `hf-trainkit monitor`)
+    POST /api/save?run=I {"name": ...}, POST /api/stop?run=I   queue a live-control request (as
+                                  `hf-trainkit control save|stop` does): 202 with its id
+
+Safe by default: bound to 127.0.0.1; every /api route needs the token (`Authorization: Bearer T`, or `?token=T`
+for the report link); the Host header must name this server (no DNS rebinding) and an Origin, when sent, must be
+this server's (no cross-site request); actions are POST only, refused on a run that is not running or on a
+read-only page. Errors are JSON `{"error": ...}`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import mimetypes
+import os
+import secrets
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from ..checkpointing.control import ControlError, is_queued, read_response, submit_request
+from ..checkpointing.control_server import ControlServer, _Handler
+from . import data
+from .runs import RunData
+
+
+TOKEN_FILE = "dashboard_token"
+STATIC_FILES = {"index.html", "dashboard.js", "dashboard.css", "uPlot.iife.min.js", "uPlot.min.css",
+                "uPlot.LICENSE"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+}
+MAX_POINTS = 5000
+
+
+class _DashboardHandler(_Handler):
+    server_version = "hf-trainkit-dashboard/1"
+    server: "DashboardServer"
+
+    def _reply(self, status: int, payload: dict, headers: dict | None = None):
+        super()._reply(status, payload, {**SECURITY_HEADERS, **(headers or {})})
+
+    def _send_bytes(self, body: bytes, content_type: str):
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in SECURITY_HEADERS.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    # --- checks --------------------------------------------------------------------------------------------------
+
+    def _host_allowed(self) -> bool:
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host not in self.server.allowed_hosts:
+            self._reply(403, {"error": f"Host {host[:100]!r} is not this server (open {self.server.base_url})"})
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in self.server.allowed_origins:
+            self._reply(403, {"error": f"cross-origin request from {origin[:100]!r} refused"})
+            return False
+        return True
+
+    def _token_ok(self, query: dict) -> bool:
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        token = given.strip() if scheme.lower() == "bearer" else (query.get("token") or [""])[0]
+        if token and hmac.compare_digest(token.encode(), self.server.token.encode()):
+            return True
+        self._reply(401, {"error": "missing or wrong token: open the URL the dashboard printed (with ?token=...), "
+                                   f"or see {self.server.token_file}"},
+                    {"WWW-Authenticate": 'Bearer realm="hf-trainkit-dashboard"'})
+        return False
+
+    def _run(self, query: dict) -> RunData:
+        text = (query.get("run") or ["0"])[0]
+        if not text.isdigit() or int(text) >= len(self.server.runs):
+            raise ControlError(f"no run {text[:20]!r} (0-{len(self.server.runs) - 1})", status=404)
+        return self.server.runs[int(text)]
+
+    # --- routing -------------------------------------------------------------------------------------------------
+
+    def _handle(self, method: str):
+        try:
+            if not self._host_allowed():
+                return
+            parts = urlsplit(self.path)
+            path, query = (parts.path.rstrip("/") or "/"), parse_qs(parts.query, max_num_fields=20)
+            if path in ("/", "/index.html") or path.startswith("/static/"):
+                if method != "GET":
+                    self._reply(405, {"error": f"{method} not allowed on {path}"})
+                    return
+                self._static("index.html" if path in ("/", "/index.html") else path[len("/static/"):])
+                return
+            if not path.startswith("/api/"):
+                self._reply(404, {"error": f"no route {path[:100]}"})
+                return
+            if not self._token_ok(query):
+                return
+            routes = {("GET", "/api/runs"): self._runs, ("GET", "/api/data"): self._data,
+                      ("GET", "/api/details"): self._details, ("GET", "/api/requests"): self._request,
+                      ("GET", "/api/report"): self._report,
+                      ("POST", "/api/save"): self._save, ("POST", "/api/stop"): self._stop}
+            handler = routes.get((method, path))
+            if handler is not None:
+                handler(query)
+            elif any(p == path for _, p in routes):
+                self._reply(405, {"error": f"{method} not allowed on {path}"}, {"Allow": next(
+                    m for m, p in routes if p == path)})
+            else:
+                self._reply(404, {"error": f"no route {path[:100]}"})
+        except ControlError as error:
+            self._reply(error.status, {"error": str(error)})
+        except (OSError, TimeoutError):
+            self.close_connection = True
+        except Exception as error:  # a request must never take the server (or a training beside it) down
+            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+
+    def _static(self, name: str):
+        if name not in STATIC_FILES:
+            raise ControlError(f"no file {name[:100]!r}", status=404)
+        body = resources.files("hf_trainkit.dashboard").joinpath("static", name).read_bytes()
+        kind = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}.get(
+            Path(name).suffix, mimetypes.guess_type(name)[0] or "text/plain")
+        self._send_bytes(body, f"{kind}; charset=utf-8")
+
+    def _runs(self, query):
+        self._reply(200, {"runs": [{"id": i, "label": r.label, "path": str(r.path)}
+                                   for i, r in enumerate(self.server.runs)], "read_only": self.server.read_only})
+
+    def _data(self, query):
+        points = (query.get("points") or [str(data.DEFAULT_POINTS)])[0]
+        points = min(max(int(points), 10), MAX_POINTS) if points.isdigit() else data.DEFAULT_POINTS
+        cursors = (query.get("c") or [""])[0].split(",")
+        out = []
+        for index, run in enumerate(self.server.runs):
+            generation = cursor = None
+            if index < len(cursors) and ":" in cursors[index]:
+                g, _, c = cursors[index].partition(":")
+                if g.isdigit() and c.isdigit():
+                    generation, cursor = int(g), int(c)
+            run.refresh()
+            state = run.state(self.server.read_only)
+            out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
+                        "line": run.line(state["max_steps"])})
+        self._reply(200, {"runs": out})
+
+    def _details(self, query):
+        run = self._run(query)
+        self._reply(200, {"id": self.server.runs.index(run), "checkpoints": run.checkpoints(),
+                          "diagnosis": run.diagnosis(), "findings": run.findings()[-50:],
+                          "report": run.report() is not None})
+
+    def _report(self, query):
+        report = self._run(query).report()
+        if report is None:
+            raise ControlError("no report.html yet: run `hf-trainkit monitor RUN --output-dir RUN/plots`", status=404)
+        self._send_bytes(report.read_bytes(), "text/html; charset=utf-8")
+
+    def _request(self, query):
+        run = self._run(query)
+        request_id = (query.get("id") or [""])[0]
+        response = read_response(run.path, request_id)
+        if response is not None:
+            self._reply(200, response)
+        elif is_queued(run.path, request_id):
+            self._reply(200, {"id": request_id, "status": "queued"})
+        else:
+            self._reply(404, {"error": f"no request {request_id[:64]!r}"})
+
+    def _act(self, query, action: str, name: str | None):
+        run = self._run(query)
+        state = run.state(self.server.read_only)
+        if not state["can_act"]:
+            raise ControlError(f"cannot {action}: {state['why_not']}", status=409)
+        request_id = submit_request(run.path, action, name, source="dashboard")
+        self._reply(202, {"id": request_id, "status": "queued", "action": action, "name": name})
+
+    def _save(self, query):
+        name = self._body().get("name")
+        if name in ("", None):
+            name = None
+        elif not isinstance(name, str):
+            raise ControlError("'name' must be a string")
+        self._act(query, "save", name)
+
+    def _stop(self, query):
+        self._body()
+        self._act(query, "stop", None)
+
+
+class DashboardServer(ControlServer):
+    """One page for one run or several (`runs`: (path, label) pairs), on `host:port` (0 picks a free port).
+
+    Args:
+        runs (`list[tuple[str, str]]`): output dirs and their labels.
+        token (`str`, *optional*): the page's token; a fresh one when not given.
+        host (`str`, *optional*, defaults to `"127.0.0.1"`), port (`int`, *optional*, defaults to `0`).
+        read_only (`bool`, *optional*, defaults to `False`): no Save or Stop.
+        token_file (`str`, *optional*): where the token is written (mode 0600); default RUN/dashboard_token of the
+            first run, skipped (with the token only printed) if that folder cannot be written.
+    """
+
+    def __init__(self, runs, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 read_only: bool = False, token_file: str | os.PathLike | None = None):
+        token = token or secrets.token_urlsafe(32)
+        runs = [RunData(path, label) for path, label in runs]
+        super().__init__(str(runs[0].path), token, dict, host, port)
+        self.RequestHandlerClass = _DashboardHandler
+        self.runs, self.read_only = runs, read_only
+        self.daemon_threads = True
+        bound_port = self.server_address[1]
+        names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
+        if host in ("::1", "[::1]"):
+            names = {"[::1]", "localhost"}
+        self.allowed_hosts = {f"{name}:{bound_port}".lower() for name in names}
+        self.allowed_origins = {f"http://{h}" for h in self.allowed_hosts}
+        self.token_file = Path(token_file) if token_file else runs[0].path / TOKEN_FILE
+        try:
+            write_secret(self.token_file, token)
+        except OSError:
+            self.token_file = "(not written: the run folder is read-only)"
+        for run in runs:  # the first page is served from memory
+            run.refresh()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The ready URL, token included (as Jupyter prints it)."""
+        return f"{self.base_url}/?token={self.token}"
+
+
+def write_secret(path: Path, secret: str):
+    """`secret` in `path`, readable by the user only: a new file of our own (O_EXCL, O_NOFOLLOW, mode 0600) renamed
+    over `path`, so a symlink planted there is replaced, its target never written (as `control.write_token`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+        os.write(descriptor, secret.encode())
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+

@@ -1,0 +1,139 @@
+"""The dashboard server over real HTTP on 127.0.0.1: token, Host/Origin, POST-only actions, limits, JSON errors."""
+
+import http.client
+import json
+import socket
+import stat
+
+import pytest
+
+from hf_trainkit.checkpointing.control import write_status
+from hf_trainkit.dashboard.server import DashboardServer
+from hf_trainkit.monitor.load import LIVE_LOG_FILE
+
+
+def _write_log(run, steps, start=1):
+    path = run / LIVE_LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        for s in range(start, start + steps):
+            handle.write(json.dumps({"_time": 100.0 + s, "loss": 0.0, "reward": s / 100, "step": s}) + "\n")
+
+
+@pytest.fixture()
+def served(tmp_path):
+    run = tmp_path / "run"
+    _write_log(run, 30)
+    server = DashboardServer([(str(run), "run")], port=0).start()
+    yield server, run
+    server.stop()
+
+
+def call(server, method, path, token=None, body=None, headers=None):
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    all_headers = {"Host": f"{host}:{port}"}
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    connection.request(method, path, body=body, headers=all_headers)
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, (json.loads(raw) if kind.startswith("application/json") else raw), response
+
+
+def test_token_is_required_and_stored_user_only(served):
+    server, run = served
+    assert stat.S_IMODE((run / "dashboard_token").stat().st_mode) == 0o600
+    assert (run / "dashboard_token").read_text() == server.token and server.url.endswith(f"?token={server.token}")
+    for token in (None, "wrong", server.token + "x"):
+        status, body, _ = call(server, "GET", "/api/runs", token=token)
+        assert status == 401 and "token" in body["error"]
+    status, body, _ = call(server, "GET", "/api/runs", token=server.token)
+    assert status == 200 and body["runs"][0]["label"] == "run"
+    assert call(server, "GET", f"/api/runs?token={server.token}")[0] == 200
+    # The page itself holds no data: it loads without a token, with a strict CSP and nosniff.
+    status, page, response = call(server, "GET", "/")
+    assert status == 200 and b"dashboard.js" in page and b"http" not in page.split(b"<body>")[1].replace(b"https", b"")
+    assert "script-src 'self'" in response.getheader("Content-Security-Policy")
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    assert call(server, "GET", "/static/uPlot.iife.min.js")[0] == 200
+    assert call(server, "GET", "/static/../server.py")[0] == 404
+
+
+def test_host_and_origin_are_checked(served):
+    server, _ = served
+    status, body, _ = call(server, "GET", "/api/runs", token=server.token, headers={"Host": "evil.example:80"})
+    assert status == 403 and "Host" in body["error"]  # DNS rebinding
+    status, body, _ = call(server, "GET", "/", headers={"Host": "attacker.test"})
+    assert status == 403
+    status, body, _ = call(server, "POST", "/api/stop", token=server.token, body=b"{}",
+                           headers={"Origin": "http://evil.example"})
+    assert status == 403 and "cross-origin" in body["error"]
+    port = server.server_address[1]
+    assert call(server, "GET", "/api/runs", token=server.token, headers={"Host": f"localhost:{port}",
+                                                                         "Origin": f"http://localhost:{port}"})[0] == 200
+
+
+def test_actions_are_post_only_and_bad_requests_get_json_errors(served):
+    server, run = served
+    for path in ("/api/save", "/api/stop"):
+        status, body, response = call(server, "GET", path, token=server.token)
+        assert status == 405 and "not allowed" in body["error"] and response.getheader("Allow") == "POST"
+    assert call(server, "DELETE", "/api/runs", token=server.token)[0] == 405
+    assert call(server, "BREW", "/nowhere", token=server.token)[0] == 404
+    status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b"x" * (65 * 1024))
+    assert status == 413 and "body" in body["error"]
+    status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b"[" * 100 + b"]" * 100)
+    assert status == 400 and "error" in body
+    status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b'{"name": "../../x"}')
+    assert status == 409 and "no live control" in body["error"]  # not running: nothing is queued
+    assert call(server, "GET", "/api/details?run=7", token=server.token)[0] == 404
+    # A running training (its live status says so, its pid is ours): a bad name is refused, a good one queued.
+    import os
+    import socket as sockets
+
+    write_status(run, {"state": "running", "step": 30, "max_steps": 100, "pid": os.getpid(),
+                       "host": sockets.gethostname()})
+    status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b'{"name": "../../x"}')
+    assert status == 400 and "name" in body["error"]
+    status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b'{"name": "good-one"}')
+    assert status == 202 and body["status"] == "queued"
+    assert list((run / "control" / "requests").glob(f"*-{body['id']}.json"))  # the live-control request file
+    status, body, _ = call(server, "GET", f"/api/requests?run=0&id={body['id']}", token=server.token)
+    assert status == 200 and body["status"] == "queued"
+    read_only = DashboardServer([(str(run), "run")], port=0, read_only=True, token_file=run / "ro_token").start()
+    try:
+        status, body, _ = call(read_only, "POST", "/api/stop", token=read_only.token, body=b"")
+        assert status == 409 and "read-only" in body["error"]
+    finally:
+        read_only.stop()
+
+
+def test_a_raw_garbage_request_line_gets_json(served):
+    server, _ = served
+    with socket.create_connection(server.server_address[:2], timeout=10) as raw:
+        raw.sendall(b"\x00\xff GARBAGE\r\n\r\n")
+        answer = raw.recv(4096)
+    assert b"application/json" in answer and b"Traceback" not in answer
+
+
+def test_data_sends_only_what_is_new(served):
+    server, run = served
+    status, body, _ = call(server, "GET", "/api/data?points=1000", token=server.token)
+    first = body["runs"][0]
+    assert first["reset"] and first["cursor"] == 30 and len(first["series"]["reward"]["y"]) == 30
+    assert first["line"]["text"].startswith("Step 30") and first["state"]["can_act"] is False
+    _write_log(run, 2, start=31)
+    cursor = f"{first['generation']}:{first['cursor']}"
+    status, body, _ = call(server, "GET", f"/api/data?c={cursor}", token=server.token)
+    update = body["runs"][0]
+    assert not update["reset"] and update["series"]["reward"]["x"] == [31, 32] and update["cursor"] == 32
+    # The log replaced (set aside on a resume): the client starts over.
+    (run / LIVE_LOG_FILE).rename(run / "old.jsonl")
+    _write_log(run, 5)
+    status, body, _ = call(server, "GET", f"/api/data?c={update['generation']}:{update['cursor']}",
+                           token=server.token)
+    assert body["runs"][0]["reset"] and body["runs"][0]["cursor"] == 5
