@@ -127,8 +127,10 @@ class RunData:
             key = (self.generation, self.total, max_steps)
             if self._line_cache is None or self._line_cache[0] != key:
                 line = data.metrics_line(self.columns, max_steps)
-                timed = next((c for c in self.columns.values() if any(t is not None for t in c["t"][-1:])), None)
-                if timed is not None:
+                # The pace of the most frequent log (the monitored metric), not of a sparse eval.
+                chosen = data.primary_metric(self.columns)
+                timed = self.columns[chosen[0]] if chosen else None
+                if timed is not None and timed["t"] and timed["t"][-1] is not None:
                     line["progress"] = data.progress(timed["x"][-60:], timed["t"][-60:], max_steps)
                 self._line_cache = (key, line)
             return self._line_cache[1]

@@ -82,7 +82,7 @@ class _DashboardHandler(_Handler):
         if token and hmac.compare_digest(token.encode(), self.server.token.encode()):
             return True
         self._reply(401, {"error": "missing or wrong token: open the URL the dashboard printed (with ?token=...), "
-                                   f"or see {self.server.token_file}"},
+                                   "or paste the token from RUN/dashboard_token"},
                     {"WWW-Authenticate": 'Bearer realm="hf-trainkit-dashboard"'})
         return False
 

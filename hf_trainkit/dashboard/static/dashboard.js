@@ -167,9 +167,9 @@
                        show: smoothing > 0});
         });
         const opts = {title: group.title, width: width, height: 260, series: series,
-          scales: {x: {time: false}, y: {distr: group.id === "lr" ? 1 : 1}},
+          scales: {x: {time: false}},
           cursor: {sync: {key: "hf-trainkit"}, drag: {x: true, y: false}},
-          legend: {live: true}, axes: [{}, {size: 60}],
+          legend: {live: true}, axes: [{}, {size: 64, values: (u, ticks) => ticks.map(tick)}],
           hooks: {setSelect: [u => { if (u.select.width > 0) holder.zoomed = true; }]}};
         holder = {div: div, signature: signature, zoomed: false};
         holder.plot = new uPlot(opts, data, div);
@@ -179,6 +179,12 @@
         holder.plot.setData(data, !holder.zoomed);
       }
     }
+  }
+
+  function tick(v) {  // 3e-4 rather than uPlot's 0 for a learning rate
+    if (v === null || v === undefined) return "";
+    const a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e6) ? v.toExponential(3).replace(/\.?0+e/, "e") : String(+v.toPrecision(4));
   }
 
   function fmt(v, digits) { return v === null || v === undefined ? "?" : Number(v).toPrecision(digits || 4); }
