@@ -19,6 +19,7 @@ PROG = "hf-trainkit dashboard"
 DEFAULT_PORT = 6150
 TOKEN_ENV = "HF_TRAINKIT_DASHBOARD_TOKEN"
 LOG_NAME = os.path.join("logs", "dashboard.log")
+_BACKGROUND: list[subprocess.Popen] = []  # the dashboards this process started (tests end them)
 
 
 def _port(text: str) -> int:
@@ -137,11 +138,12 @@ def start_dashboard_in_background(output_dir: str | os.PathLike, port: int | Non
         port = _free_port("127.0.0.1", port or 0)
         token = secrets.token_urlsafe(32)
         with open(output_dir / LOG_NAME, "ab") as log:
-            subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "hf_trainkit.dashboard", str(output_dir), "--port", str(port),
                  "--parent-pid", str(os.getpid()), "--linger", str(linger)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
                 env={**os.environ, TOKEN_ENV: token})
+        _BACKGROUND.append(process)
         return f"http://127.0.0.1:{port}/?token={token}"
     except Exception as error:  # the training goes on without a dashboard
         import warnings

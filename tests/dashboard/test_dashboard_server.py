@@ -4,6 +4,8 @@ import http.client
 import json
 import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +139,55 @@ def test_data_sends_only_what_is_new(served):
     status, body, _ = call(server, "GET", f"/api/data?c={update['generation']}:{update['cursor']}",
                            token=server.token)
     assert body["runs"][0]["reset"] and body["runs"][0]["cursor"] == 5
+
+
+def test_a_dead_training_is_shown_as_gone_and_several_runs_are_served(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        _write_log(run, 12)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_status(runs[0], {"state": "running", "step": 12, "max_steps": 50, "pid": dead.pid,
+                           "host": socket.gethostname()})
+    (runs[1] / "training_complete.json").write_text("{}")
+    server = DashboardServer([(str(runs[0]), "A"), (str(runs[1]), "B")], port=0).start()
+    try:
+        status, body, _ = call(server, "GET", "/api/data?c=,", token=server.token)
+        assert [r["label"] for r in body["runs"]] == ["A", "B"]
+        first, second = body["runs"]
+        assert first["state"]["state"] == "gone" and "no longer exists" in first["state"]["why_not"]
+        assert second["state"]["state"] == "finished" and not second["state"]["can_act"]
+        assert first["line"]["text"].startswith("Step 12/50") and second["series"]["reward"]["x"][-1] == 12
+        assert call(server, "POST", "/api/stop?run=0", token=server.token, body=b"")[0] == 409
+    finally:
+        server.stop()
+
+
+def test_background_dashboard_returns_a_ready_url_at_once(tmp_path):
+    import time
+    import urllib.request
+
+    from hf_trainkit.dashboard import command, start_dashboard_in_background
+
+    run = tmp_path / "run"
+    _write_log(run, 3)
+    started = time.monotonic()
+    url = start_dashboard_in_background(run, 0)
+    assert time.monotonic() - started < 2.0 and url.startswith("http://127.0.0.1:") and "?token=" in url
+    try:
+        base, token = url.split("/?token=")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(f"{base}/api/runs", headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert json.loads(response.read())["runs"][0]["label"] == "run"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (run / "logs" / "dashboard.log").read_text()
+                time.sleep(0.3)
+        assert stat.S_IMODE((run / "dashboard_token").stat().st_mode) == 0o600
+    finally:
+        for process in command._BACKGROUND:
+            process.terminate()
+            process.wait(timeout=30)
