@@ -11,7 +11,8 @@ through the same request files as `hf-trainkit control`, so both paths behave id
 4xx status (any method, any path: 401 before anything else, then 404/405); nothing a client sends can reach the
 training loop other than a validated request file. A client cannot wedge or flood it either: each connection has a
 10 s socket timeout, at most 8 are served at once (the rest get a JSON 503), bodies are capped and their JSON
-depth is limited, and a client that resets its connection costs nothing but a closed socket.
+depth is limited (a body shorter than its Content-Length gets a JSON 408 once the timeout passes), and a client
+that resets its connection costs nothing but a closed socket.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "hf-trainkit-control/1"
     server: "ControlServer"
     timeout = CONNECTION_TIMEOUT_SECONDS  # a client that sends nothing (or half a request) is dropped after this
+
+    def setup(self):
+        self.timeout = self.server.connection_timeout
+        super().setup()
 
     def __getattr__(self, name: str):
         # Any method, known or not (PATCH, OPTIONS, BREW ...): the same auth check and JSON 404/405, never
@@ -87,7 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body stays unread: this connection cannot carry another request
             raise ControlError(f"body over {MAX_BODY_BYTES} bytes", status=413)
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except (TimeoutError, socket.timeout):  # fewer bytes came than Content-Length says, then nothing more
+            self.close_connection = True
+            raise ControlError(f"the body is shorter than its Content-Length ({length} bytes): no more bytes came "
+                               f"within {self.timeout:g} s", status=408) from None
         if len(raw) < length:
             self.close_connection = True
             raise ControlError(f"body ended after {len(raw)} of {length} bytes")
@@ -156,7 +166,8 @@ class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, run_dir: str, token: str, status_provider, host: str = "127.0.0.1", port: int = 0,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, connection_timeout: float = CONNECTION_TIMEOUT_SECONDS):
+        self.connection_timeout = connection_timeout
         super().__init__((host, port), _Handler)
         self.run_dir, self.token, self.status_provider = run_dir, token, status_provider
         self.accepting = True

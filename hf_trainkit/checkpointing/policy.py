@@ -33,7 +33,9 @@ def pinned_names(checkpoints: list[CheckpointInfo]) -> set[str]:
 
 def validate_checkpoint_name(name: str) -> str:
     """`name` if it is a safe checkpoint name, else ValueError saying why (it ends up in a JSON file and a URL)."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise ValueError(f"the checkpoint name must be a string, not {type(name).__name__} {str(name)[:40]!r}")
+    if not name:
         raise ValueError("the checkpoint name is empty")
     if "/" in name or "\\" in name or ".." in name or "\x00" in name:
         raise ValueError(f"checkpoint name {name!r} must not contain '/', '\\' or '..'")

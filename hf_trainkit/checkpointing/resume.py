@@ -13,7 +13,23 @@ from ..argparsing import UsageError
 
 
 def resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
-    """(already finished, checkpoint to resume from) for `options.output_dir`."""
+    """(already finished, checkpoint to resume from) for `options.output_dir`.
+
+    Raises `SetAsideError` (one line) when a checkpoint folder newer than the starting point cannot be moved aside:
+    a save of this run would collide with it, so the run stops before training rather than at that save.
+    """
+    finished, checkpoint = _resume_point(options, config)
+    if not finished and options.output_dir:
+        from .save_request import saving_enabled
+        from .set_aside import check_nothing_in_the_way
+
+        start = step_of(checkpoint) if checkpoint else 0
+        if saving_enabled(config) and (checkpoint is None or start > 0):  # else the step is known only once loaded
+            check_nothing_in_the_way(options.output_dir, start)
+    return finished, checkpoint
+
+
+def _resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
     from . import find_resume_checkpoint, read_training_complete
     from .control import checkpoint_names
 

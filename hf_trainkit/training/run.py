@@ -104,14 +104,34 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
             checkpoint = older
             callbacks = build_callbacks(options) + extra_callbacks
     trainer.save_state()
-    if stopping_callback(trainer) is None:
+    stopper = stopping_callback(trainer)
+    if stopper is None:
         # The trained weights (or adapter) at the top of the output dir, as `trainer.save_model()` puts them, even
         # with --no-save-checkpoints: `hf-trainkit eval OUTPUT_DIR` and `from_pretrained(OUTPUT_DIR)` load them.
         trainer.save_model()
     if trainer.args.should_save:
-        print(f"Run written to {options.output_dir} (trainer_state.json: {len(trainer.state.log_history)} log entries; "
-              "final weights in the same folder).")
+        print(end_message(options.output_dir, trainer, stopper), flush=True)
     return trainer
+
+
+def end_message(output_dir: str, trainer, stopper) -> str:
+    """What the run left in `output_dir`, and after a signal also what it did not write."""
+    entries = f"{len(trainer.state.log_history)} log entries"
+    if stopper is None:
+        return f"Run written to {output_dir} (trainer_state.json: {entries}; final weights in the same folder)."
+    from ..checkpointing.save_request import saving_enabled
+    from ..constants import RUN_RECORD, STATS_FILE
+
+    written = [f"trainer_state.json ({entries})"] + [name for name in (STATS_FILE, RUN_RECORD)
+                                                      if os.path.isfile(os.path.join(output_dir, name))]
+    if stopper.saved_on_stop:
+        where = f"the weights of step {trainer.state.global_step} are in {stopper.saved_on_stop}"
+    elif not saving_enabled(trainer.args):
+        where = "no checkpoint holds them either (--no-save-checkpoints): a re-run trains from the start"
+    else:
+        where = "no checkpoint was completed at the stop either"
+    return (f"Stopped by {stopper.stop_signal or 'a signal'}: {output_dir} holds {', '.join(written)}; not written: "
+            f"the final weights and config at the top (a signal skips the final save); {where}.")
 
 
 def describe_launch(trainer) -> str:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -196,3 +197,54 @@ def test_hostile_http_clients_and_files_do_not_disturb_a_training(training, tmp_
     log = (tmp_path / "training.log").read_text()
     assert "Traceback" not in log and "Exception occurred during processing" not in log
     assert log.count("Live control: ignored request") == planted
+
+
+def test_a_body_shorter_than_its_content_length_gets_a_json_408_and_a_close(tmp_path):
+    from hf_trainkit.checkpointing.control_server import CONNECTION_TIMEOUT_SECONDS, ControlServer
+
+    assert CONNECTION_TIMEOUT_SECONDS == 10.0  # what the README promises; the server below waits 1 s to be quick
+    server = ControlServer(str(tmp_path), "secret", lambda: {"state": "running"}, connection_timeout=1.0).start()
+    try:
+        port = server.server_address[1]
+        started = time.monotonic()
+        # 9 bytes of the 50 announced, then silence: the connection stays open on the client's side.
+        response = raw_http(port, b"POST /save_checkpoint HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
+                                  b"Content-Length: 50\r\n\r\n{\"name\": ", timeout=15.0)
+        elapsed = time.monotonic() - started
+        code, body = status_and_json(response)
+        assert code == 408 and "shorter than its Content-Length" in body["error"], response
+        # Answered once the server's timeout passed, and closed: raw_http read to the end (it waits 15 s otherwise).
+        assert 1.0 <= elapsed < 8.0, elapsed
+        assert not list(requests_dir(tmp_path).glob("*.json"))  # nothing reached the training
+        # The server still answers the next client.
+        code, body = status_and_json(raw_http(port, b"GET /status HTTP/1.1\r\nAuthorization: Bearer secret\r\n\r\n"))
+        assert code == 200 and body == {"state": "running"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", [5, 0, False, 1.5, ["a"], {"x": "y"}])
+def test_a_checkpoint_name_that_is_not_a_string_is_rejected_as_such(tmp_path, name):
+    from hf_trainkit.checkpointing.control import ControlError, check_request, read_response
+    from hf_trainkit.checkpointing.control_server import ControlServer
+
+    with pytest.raises(ControlError, match="must be a string"):
+        check_request(tmp_path, "save", name)
+    # A request file (another machine, or any client writing files): answered as rejected, with that reason.
+    prepare_control_dir(tmp_path)
+    (requests_dir(tmp_path) / "0001-abc123.json").write_text(json.dumps({"id": "abc123", "action": "save",
+                                                                          "name": name}))
+    assert RequestQueue(tmp_path, warn=lambda line: None).take() is None
+    response = read_response(tmp_path, "abc123")
+    assert response["status"] == "rejected" and "must be a string" in response["error"], response
+    assert not list(requests_dir(tmp_path).glob("*.json"))
+    # Over HTTP: a JSON 400 saying the same.
+    server = ControlServer(str(tmp_path), "secret", dict).start()
+    try:
+        body = json.dumps({"name": name}).encode()
+        code, answer = status_and_json(raw_http(server.server_address[1], b"POST /save_checkpoint HTTP/1.1\r\n"
+                                                b"Authorization: Bearer secret\r\nContent-Length: " +
+                                                str(len(body)).encode() + b"\r\n\r\n" + body))
+        assert code == 400 and "must be a string" in answer["error"], answer
+    finally:
+        server.stop()

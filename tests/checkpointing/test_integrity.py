@@ -21,7 +21,7 @@ from hf_trainkit.checkpointing import COMPLETE_MARKER, find_resume_checkpoint, i
 from hf_trainkit.checkpointing.command import main as checkpoints_main
 from hf_trainkit.checkpointing.marker import IncompleteCheckpointError, write_complete_marker
 
-from .conftest import TRAIN, curves, start_and_wait_for_step, train
+from .conftest import ROOT, TRAIN, curves, start_and_wait_for_step, train
 
 
 def flip_byte(path: Path, offset_fraction: float = 0.6):
@@ -266,6 +266,71 @@ def test_no_resume_in_a_finished_run_sets_it_aside_and_loses_nothing(run_copy):
     assert json.loads((run_copy / "training_complete.json").read_text())["max_steps"] == 4
 
 
+def as_unprivileged_user(tmp_root: Path) -> tuple[list[str], dict]:
+    """(command prefix, environment) that run a command as an ordinary user, for whom file modes count: `nobody`
+    through setpriv when the tests run as root (root ignores modes), else the user running them. `tmp_root` is
+    given to that user and holds its home and caches."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HOME": str(tmp_root / "home"), "XDG_CACHE_HOME": str(tmp_root / "cache"),
+           "HF_HOME": str(tmp_root / "cache" / "hf"), "TMPDIR": str(tmp_root / "tmp")}
+    for name in ("home", "cache", "tmp"):
+        (tmp_root / name).mkdir(exist_ok=True)
+    if os.geteuid() != 0:
+        return [], env
+    import pwd
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot act as an ordinary user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root and there is no user 'nobody'")
+    prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode:
+        pytest.skip("setpriv cannot switch to nobody here")
+    for path in [tmp_root, *tmp_root.rglob("*")]:
+        os.lchown(path, nobody.pw_uid, nobody.pw_gid)
+    return prefix, env
+
+
+def test_an_unreadable_newer_checkpoint_stops_the_run_at_start_in_one_line(finished_run):
+    # As a real user: the newest checkpoint (step 6) cannot be read, so a resume starts from step 4 and step 6
+    # will be saved again. The run must stop before training, naming the folder and the fix; the fix must work.
+    tmp_root = Path(tempfile.mkdtemp(prefix="hf-trainkit-unreadable-", dir="/tmp"))
+    try:
+        run = tmp_root / "run"
+        shutil.copytree(finished_run, run)
+        prefix, env = as_unprivileged_user(tmp_root)
+        blocked = run / "checkpoint-6"
+        blocked.chmod(0)
+        command = [*prefix, sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(run), "--seed", "3",
+                   "--quiet", "--no-loss-curve", "--no-diagnostics", "--max-steps", "8", "--save-steps", "2"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("train_grpo.py: error:")]
+        fix = f"chmod -R u+rwX {blocked}"
+        assert len(errors) == 1 and fix in errors[0], result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and "PermissionError" not in result.stderr
+        assert "PSR [Step" not in result.stdout  # stopped before training: no step trained and lost
+        assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 6
+        assert blocked.is_dir() and not (run / "checkpoint-8").exists()
+        # The same check where the move itself is tried (the first step of any Trainer): the same line, no traceback.
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import sys; from hf_trainkit.checkpointing.set_aside "
+                                "import set_aside_checkpoints as s\ntry: s(sys.argv[1], 4)\nexcept Exception as e: "
+                                "print(type(e).__name__, e)", str(run)], capture_output=True, text=True, env=env,
+                               cwd=ROOT, timeout=120)
+        assert probe.stdout.startswith("SetAsideError") and fix in probe.stdout, probe.stdout + probe.stderr
+        # The fix the line gives, as that user, then the same command: it resumes from step 6 and ends at 8.
+        subprocess.run([*prefix, "sh", "-c", fix], check=True)
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"Resuming from {blocked}" in again.stdout
+        assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 8
+        assert inspect_checkpoint(run / "checkpoint-8", verify=True).valid
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
 # --- signals ------------------------------------------------------------------------------------------------------
 
 
@@ -285,12 +350,22 @@ def test_ctrl_c_and_hangup_save_like_sigterm(tmp_path, signum, extra, saved):
     assert process.wait(timeout=60) == 128 + signum
     name = signal.Signals(signum).name
     checkpoints = list_checkpoints(out)
+    # What the last lines say was written, and not, is what is on disk: no final weights at the top after a signal.
+    assert "final weights in the same folder" not in stdout
+    assert not (out / "model.safetensors").exists() and not (out / "training_complete.json").exists()
+    assert (out / "trainer_state.json").is_file()
+    entries = len(json.loads((out / "trainer_state.json").read_text())["log_history"])
+    assert f"{out} holds trainer_state.json ({entries} log entries)" in stdout
+    assert "not written: the final weights and config at the top" in stdout
     if saved:
         assert f"Stopped by {name} after saving step" in stdout
         assert len(checkpoints) == 1 and checkpoints[0].valid and checkpoints[0].marker["reason"] == "preempt"
+        assert f"the weights of step {checkpoints[0].step} are in {checkpoints[0].path}" in stdout
+        assert (checkpoints[0].path / "model.safetensors").is_file()
     else:
         assert f"Stopped by {name} at step" in stdout and "no checkpoint was saved" in stdout
         assert "after saving" not in stdout and checkpoints == []
+        assert "no checkpoint holds them either (--no-save-checkpoints)" in stdout
 
 
 # --- full disks -----------------------------------------------------------------------------------------------------
