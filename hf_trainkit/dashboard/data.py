@@ -7,6 +7,7 @@ Every value that goes out is JSON a browser can parse: NaN and infinities become
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
 
@@ -57,71 +58,125 @@ def json_number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def append_entries(columns: dict[str, dict[str, list]], entries: Sequence[dict], start: int = 0
-                   ) -> dict[str, dict[str, list]]:
-    """Add log entries (`Trainer.log` dicts) to the metric columns `columns` (key -> {"i": entry index counted from
-    `start`, "x": step, "e": epoch, "t": time, "y": value}), in place, and return it. Non-numeric values are left
+class Columns:
+    """A run's log as compact columns: per entry its step, epoch and time (`x`, `e`, `t`: `array('d')`, NaN when
+    missing), per metric key the entries that hold it and the values (`series[key] = (i, y)`: `array('q')`,
+    `array('d')`). 100,000 entries of 30 keys take ~40 MB (Python lists of floats would take ~10 times more), and
+    numpy reads them without a copy."""
+
+    __slots__ = ("x", "e", "t", "series")
+
+    def __init__(self):
+        self.x, self.e, self.t = array("d"), array("d"), array("d")
+        self.series: dict[str, tuple[array, array]] = {}
+
+    def __len__(self):
+        return len(self.x)
+
+    def __contains__(self, key):
+        return key in self.series
+
+    def keys(self):
+        return self.series.keys()
+
+    def column(self, key: str, indices: Sequence[int] | None = None) -> dict[str, list]:
+        """{"x", "e", "t", "y"} of `key` (at positions `indices` of its points), JSON-safe."""
+        rows, values = self.series[key]
+        if indices is None:
+            indices = range(len(values))
+        x, e, t = self.x, self.e, self.t
+        return {"x": [json_number(x[rows[k]]) for k in indices], "e": [json_number(e[rows[k]]) for k in indices],
+                "t": [json_number(t[rows[k]]) for k in indices], "y": [json_number(values[k]) for k in indices]}
+
+    def values(self, key: str):
+        """The values of `key` as a float numpy array (no copy)."""
+        import numpy as np
+
+        return np.frombuffer(self.series[key][1], dtype=float) if key in self.series else np.empty(0)
+
+    def steps(self, key: str):
+        import numpy as np
+
+        if key not in self.series:
+            return np.empty(0)
+        return np.frombuffer(self.x, dtype=float)[np.frombuffer(self.series[key][0], dtype=np.int64)]
+
+
+_NAN = float("nan")
+
+
+def _axis(value) -> float:
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int and -2 ** 53 < value < 2 ** 53:
+        return float(value)
+    return _NAN
+
+
+def append_entries(columns: Columns, entries: Sequence[dict]) -> Columns:
+    """Add log entries (`Trainer.log` dicts) to `columns`, in place, and return it. Non-numeric values are left
     out; step/epoch/time are axes, not metrics; the end-of-training summary (`train_runtime` ...) is no point of a
-    curve. Each entry is read once, so a run of 100,000 logs is ingested once and then only what is new."""
-    for index, entry in enumerate(entries, start):
-        if type(entry) is not dict or "train_runtime" in entry:
-            continue
-        step, epoch, when = entry.get("step"), entry.get("epoch"), entry.get("_time")
-        if step is None:
-            step = index
-        for key, value in entry.items():
-            kind = type(value)
-            if (kind is not float and kind is not int) or key in STEP_KEYS:
-                continue
-            column = columns.get(key)
-            if column is None:
-                column = columns[key] = {"i": [], "x": [], "e": [], "t": [], "y": []}
-            column["i"].append(index)
-            column["x"].append(step)
-            column["e"].append(epoch)
-            column["t"].append(when)
-            column["y"].append(value)
+    curve (its entry still counts, so cursors are entry counts). Each entry is read once: a run of 100,000 logs is
+    ingested once, then only what is new."""
+    x, e, t, series = columns.x, columns.e, columns.t, columns.series
+    index = len(x)
+    for entry in entries:
+        if type(entry) is not dict:
+            entry = {}
+        step = entry.get("step")
+        x.append(_axis(step) if step is not None else float(index))
+        e.append(_axis(entry.get("epoch")))
+        t.append(_axis(entry.get("_time")))
+        if "train_runtime" not in entry:
+            for key, value in entry.items():
+                kind = type(value)
+                if (kind is not float and kind is not int) or key in STEP_KEYS:
+                    continue
+                column = series.get(key)
+                if column is None:
+                    column = series[key] = (array("q"), array("d"))
+                column[0].append(index)
+                column[1].append(value if kind is float else _axis(value) if -2 ** 53 < value < 2 ** 53
+                                 else (math.inf if value > 0 else -math.inf))
+        index += 1
     return columns
 
 
-def series_from_entries(entries: Sequence[dict], start: int = 0) -> dict[str, dict[str, list]]:
-    """The metric columns of `entries` (see `append_entries`)."""
-    return append_entries({}, entries, start)
+def series_from_entries(entries: Sequence[dict]) -> Columns:
+    """The columns of `entries` (see `append_entries`)."""
+    return append_entries(Columns(), entries)
 
 
-def select(column: dict[str, list], indices: Sequence[int]) -> dict[str, list]:
-    """`column` at `indices`, with every value made JSON-safe."""
-    return {name: [json_number(values[i]) for i in indices] for name, values in column.items() if name != "i"}
-
-
-def since_cursor(columns: dict[str, dict[str, list]], total: int, cursor: int | None, generation: int,
-                 client_generation: int | None, points: int = DEFAULT_POINTS) -> dict:
-    """What a client holding the first `cursor` of `total` entries of generation `client_generation` needs: only
-    the points of the entries after its cursor (`"reset": False`); or, for a new client, another generation (the
-    log was set aside on a resume) or more new entries than `points` (a tab hidden for a long time), every series
-    thinned to about `points` points (`"reset": True`, see `thin_indices`).
+def since_cursor(columns: Columns, cursor: int | None, generation: int, client_generation: int | None,
+                 points: int = DEFAULT_POINTS) -> dict:
+    """What a client holding the first `cursor` entries of generation `client_generation` needs: only the points of
+    the entries after its cursor (`"reset": False`); or, for a new client, another generation (the log was set
+    aside on a resume) or more new entries than `points` (a tab hidden for a long time), every series thinned to
+    about `points` points (`"reset": True`, see `thin_indices`).
 
     Returns:
         {"generation", "cursor" (send it back next time), "reset", "series": key -> {"x", "e", "t", "y"}}.
     """
+    total = len(columns)
     fresh = (cursor is None or client_generation != generation or not 0 <= cursor <= total
              or total - cursor > points)
     out = {}
-    for key, column in columns.items():
+    for key, (rows, values) in columns.series.items():
         if fresh:
-            indices = thin_indices(column["y"], points)
+            indices = thin_indices(columns.values(key), points)
         else:
-            indices = range(bisect_left(column["i"], cursor), len(column["i"]))
+            indices = range(bisect_left(rows, cursor), len(rows))
             if not indices:
                 continue
-        out[key] = select(column, indices)
+        out[key] = columns.column(key, indices)
     return {"generation": generation, "cursor": total, "reset": fresh, "series": out}
 
 
 def primary_metric(keys) -> tuple[str, str] | None:
     """(key, mode) of what a run is judged by: the reward for RL runs (their loss is ~0 by construction), else the
     loss."""
-    keys = set(keys)
+    keys = set(keys.keys() if hasattr(keys, "keys") else keys)
     if "reward" in keys:
         return "reward", "max"
     rewards = sorted(k for k in keys if k.startswith("rewards/") and k.endswith("/mean"))
@@ -132,17 +187,15 @@ def primary_metric(keys) -> tuple[str, str] | None:
     return None
 
 
-def _finite(column: dict[str, list] | None):
+def _finite(columns: Columns, key: str):
     import numpy as np
 
-    if not column:
-        return np.empty(0)
-    y = np.asarray(column["y"], dtype=float)
-    return y[np.isfinite(y)]
+    values = columns.values(key)
+    return values[np.isfinite(values)]
 
 
-def metrics_line(columns: dict[str, dict[str, list]], max_steps: int | None = None) -> dict:
-    """The current-metrics line of a run, from its full columns (key -> {"x", "y", ...}):
+def metrics_line(columns: Columns, max_steps: int | None = None) -> dict:
+    """The current-metrics line of a run, from its columns:
     `Step 120/500 | Epoch 0.24 | Reward: 0.812 | Loss: 0.001 | Eval loss: 0.35 | Gap: +0.03 | Improvement: +0.004 |
     Best reward: 0.83 ✓` (the gap is eval loss minus train loss; the improvement is the change since the previous
     log; ✓ when the last value is the best so far).
@@ -150,16 +203,15 @@ def metrics_line(columns: dict[str, dict[str, list]], max_steps: int | None = No
     Returns:
         {"text", "step", "max_steps", "epoch", "metric", "mode", "value", "best", "is_best", ...}, JSON-safe.
     """
-    steps = [json_number(c["x"][-1]) for c in columns.values() if c["x"]]
-    epochs = [json_number(c["e"][-1]) for c in columns.values() if c["e"]]
-    steps, epochs = [s for s in steps if s is not None], [e for e in epochs if e is not None]
-    step = int(max(steps)) if steps else 0
-    line = {"step": step, "max_steps": max_steps, "epoch": max(epochs) if epochs else None}
+    steps = [json_number(columns.x[-1])] if len(columns) else []
+    epochs = [e for e in (json_number(v) for v in columns.e[-50:]) if e is not None]
+    step = int(steps[0]) if steps and steps[0] is not None else 0
+    line = {"step": step, "max_steps": max_steps, "epoch": epochs[-1] if epochs else None}
     parts = [f"Step {step}/{max_steps}" if max_steps else f"Step {step}"]
     if line["epoch"] is not None:
         parts.append(f"Epoch {line['epoch']:.2f}")
     chosen = primary_metric(columns)
-    values = _finite(columns.get(chosen[0])) if chosen else []
+    values = _finite(columns, chosen[0]) if chosen else []
     if len(values):
         key, mode = chosen
         value = float(values[-1])
@@ -167,10 +219,10 @@ def metrics_line(columns: dict[str, dict[str, list]], max_steps: int | None = No
         line.update(metric=key, mode=mode, value=value, best=best, is_best=value == best,
                     improvement=float(values[-1] - values[-2]) if len(values) > 1 else None)
         parts.append(f"{key[:1].upper()}{key[1:]}: {value:.4g}")
-        train = _finite(columns.get("loss"))
+        train = _finite(columns, "loss")
         if len(train) and key != "loss":
             parts.append(f"Loss: {float(train[-1]):.4g}")
-        evals = _finite(columns.get("eval_loss"))
+        evals = _finite(columns, "eval_loss")
         if len(evals):
             line["eval_loss"] = float(evals[-1])
             parts.append(f"Eval loss: {line['eval_loss']:.4g}")
@@ -188,7 +240,7 @@ def progress(steps: Sequence[float], times: Sequence[float | None], max_steps: i
              window: int = 50) -> dict:
     """Fraction done and the ETA from the last `window` logs' pace (seconds per step)."""
     pairs = [(s, t) for s, t in zip(steps, times) if json_number(s) is not None and json_number(t) is not None]
-    step = pairs[-1][0] if pairs else (steps[-1] if steps else 0)
+    step = pairs[-1][0] if pairs else (json_number(steps[-1]) if len(steps) else None) or 0
     out = {"step": step, "max_steps": max_steps, "fraction": None, "seconds_per_step": None, "eta_seconds": None}
     if max_steps:
         out["fraction"] = min(1.0, max(0.0, step / max_steps))

@@ -28,8 +28,7 @@ class RunData:
     def __init__(self, path: str | os.PathLike, label: str):
         self.path, self.label = Path(path), label
         self.lock = threading.Lock()
-        self.columns: dict[str, dict[str, list]] = {}
-        self.total = 0  # entries read
+        self.columns = data.Columns()
         self.generation = 0  # +1 whenever the history is read again from the start (a resume set it aside)
         self._offset = 0
         self._identity = None  # (inode, device) of the live log, or mtime of the trainer_state.json read
@@ -41,8 +40,13 @@ class RunData:
 
     # --- the log ---------------------------------------------------------------------------------------------------
 
+    @property
+    def total(self) -> int:
+        """Entries read (the cursor a client gets)."""
+        return len(self.columns)
+
     def _reset(self):
-        self.columns, self.total, self._offset = {}, 0, 0
+        self.columns, self._offset = data.Columns(), 0
         self.generation += 1
         self._line_cache = self._diagnosis = None
 
@@ -64,8 +68,7 @@ class RunData:
                 entries, self._offset = read_live_log(live, self._offset)
             except OSError:
                 return
-            data.append_entries(self.columns, entries, self.total)
-            self.total += len(entries)
+            data.append_entries(self.columns, entries)
 
     def _refresh_from_state(self):
         # No live log (a run from before it, or from plain transformers): its newest trainer_state.json.
@@ -87,11 +90,10 @@ class RunData:
         self._reset()
         self._identity = identity
         data.append_entries(self.columns, history)
-        self.total = len(history)
 
     def since(self, cursor: int | None, client_generation: int | None, points: int) -> dict:
         with self.lock:
-            return data.since_cursor(self.columns, self.total, cursor, self.generation, client_generation, points)
+            return data.since_cursor(self.columns, cursor, self.generation, client_generation, points)
 
     # --- what is around it -----------------------------------------------------------------------------------------
 
@@ -129,9 +131,10 @@ class RunData:
                 line = data.metrics_line(self.columns, max_steps)
                 # The pace of the most frequent log (the monitored metric), not of a sparse eval.
                 chosen = data.primary_metric(self.columns)
-                timed = self.columns[chosen[0]] if chosen else None
-                if timed is not None and timed["t"] and timed["t"][-1] is not None:
-                    line["progress"] = data.progress(timed["x"][-60:], timed["t"][-60:], max_steps)
+                if chosen:
+                    rows = self.columns.series[chosen[0]][0][-60:]
+                    line["progress"] = data.progress([self.columns.x[r] for r in rows],
+                                                     [self.columns.t[r] for r in rows], max_steps)
                 self._line_cache = (key, line)
             return self._line_cache[1]
 
@@ -169,9 +172,8 @@ class RunData:
             if chosen is None:
                 return None
             key, mode = chosen
-            column, evals = self.columns[key], self.columns.get("eval_loss", {"x": [], "y": []})
-            steps, values = list(column["x"]), list(column["y"])
-            eval_steps, eval_values = list(evals["x"]), list(evals["y"])
+            steps, values = self.columns.steps(key).tolist(), self.columns.values(key).tolist()
+            eval_steps, eval_values = self.columns.steps("eval_loss").tolist(), self.columns.values("eval_loss").tolist()
             total = self.total
         result = diagnose(steps, values, mode=mode, name=key, eval_steps=eval_steps, eval_values=eval_values)
         out = {"metric": key, "verdict": result.verdict, "reason": result.reason, "advice": result.advice,

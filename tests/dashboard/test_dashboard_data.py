@@ -58,27 +58,28 @@ def _entries(n, start=1):
 def test_cursor_returns_only_new_entries_and_a_new_client_gets_everything_thinned():
     entries = _entries(50)
     columns = series_from_entries(entries)
-    first = since_cursor(columns, 50, None, generation=1, client_generation=None, points=1000)
+    first = since_cursor(columns, None, generation=1, client_generation=None, points=1000)
     assert first["reset"] and first["cursor"] == 50 and first["series"]["reward"]["x"] == list(range(1, 51))
     assert set(first["series"]) == {"loss", "reward", "grad_norm", "learning_rate"}
-    append_entries(columns, _entries(3, start=51), start=50)
-    update = since_cursor(columns, 53, 50, generation=1, client_generation=1, points=1000)
+    append_entries(columns, _entries(3, start=51))
+    update = since_cursor(columns, 50, generation=1, client_generation=1, points=1000)
     assert not update["reset"] and update["cursor"] == 53
     assert update["series"]["reward"]["x"] == [51, 52, 53] and update["series"]["reward"]["t"] == [1051.0, 1052.0, 1053.0]
-    nothing = since_cursor(columns, 53, 53, generation=1, client_generation=1, points=1000)
+    nothing = since_cursor(columns, 53, generation=1, client_generation=1, points=1000)
     assert nothing["series"] == {} and not nothing["reset"]
     # Another generation (the log was set aside on a resume), a cursor past the end, or a long-hidden tab: reset.
-    assert since_cursor(columns, 53, 50, generation=2, client_generation=1, points=1000)["reset"]
-    assert since_cursor(columns, 53, 60, generation=1, client_generation=1, points=1000)["reset"]
-    assert since_cursor(columns, 53, 0, generation=1, client_generation=1, points=20)["reset"]
+    assert since_cursor(columns, 50, generation=2, client_generation=1, points=1000)["reset"]
+    assert since_cursor(columns, 60, generation=1, client_generation=1, points=1000)["reset"]
+    assert since_cursor(columns, 0, generation=1, client_generation=1, points=20)["reset"]
 
 
 def test_series_skip_summaries_and_non_numbers_and_json_has_no_nan():
     entries = [{"loss": float("nan"), "step": 1}, {"loss": "x", "flag": True, "step": 2, "eval_loss": 0.3},
                {"train_runtime": 12.0, "train_loss": 0.4, "step": 2}]
     columns = series_from_entries(entries)
-    assert set(columns) == {"loss", "eval_loss"} and columns["loss"]["x"] == [1]
-    out = since_cursor(columns, 3, None, 0, None)
+    assert set(columns.keys()) == {"loss", "eval_loss"} and columns.column("loss")["x"] == [1]
+    out = since_cursor(columns, None, 0, None)
+    assert out["cursor"] == 3  # the summary entry counts
     assert out["series"]["loss"]["y"] == [None]
 
 
@@ -89,7 +90,7 @@ def test_metrics_line_and_progress():
     assert line["step"] == 20 and line["is_best"] and line["value"] == 0.2 and line["best"] == 0.2
     assert line["text"].startswith("Step 20/100 | Epoch 2.00 | Reward: 0.2 | Loss: 0.05 | Eval loss: 0.2 | Gap: +0.15")
     assert line["text"].endswith("Best reward: 0.2 ✓")
-    assert primary_metric({"loss": {}}) == ("loss", "min") and primary_metric({"grad_norm": {}}) is None
+    assert primary_metric({"loss"}) == ("loss", "min") and primary_metric({"grad_norm"}) is None
     steps, times = list(range(1, 21)), [1000.0 + 2 * s for s in range(1, 21)]
     done = progress(steps, times, max_steps=100)
     assert done["fraction"] == 0.2 and done["seconds_per_step"] == 2.0 and done["eta_seconds"] == 160.0
