@@ -27,9 +27,10 @@ def reconcile_live_log(output_dir: str | os.PathLike, log_history: list[dict]) -
     """Make `OUTPUT_DIR/logs/log_history.jsonl` start as `log_history` (the state the run starts from).
 
     A fresh start (empty history) or a resume from an older checkpoint leaves entries in the file that are not in
-    the loaded history (steps past the resumed one, another timeline): the file is then moved, whole, into
-    `OUTPUT_DIR/superseded/<time>/` (as [`set_aside_checkpoints`] moves checkpoints; nothing is deleted) and a new
-    one holds the loaded history, so no step is duplicated or lost. Returns where the old file went, or None.
+    the loaded history (steps past the resumed one, another timeline): the file is then moved, whole, to
+    `OUTPUT_DIR/logs/superseded/<time>-log_history.jsonl` (as [`set_aside_checkpoints`] moves checkpoints; nothing
+    is deleted) and a new one holds the loaded history, so no step is duplicated or lost. Returns where the old file
+    went, or None.
     """
     path = Path(output_dir) / LIVE_LOG_FILE
     written, _ = read_live_log(path) if path.is_file() else ([], 0)
@@ -37,14 +38,15 @@ def reconcile_live_log(output_dir: str | os.PathLike, log_history: list[dict]) -
         return None
     moved = None
     if path.is_file():
+        # Beside the log, not in OUTPUT_DIR/superseded/ (that holds whole checkpoints, one folder per setting aside).
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        folder = Path(output_dir) / SUPERSEDED_DIR / stamp
+        folder = path.parent / SUPERSEDED_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        moved = folder / path.name
+        moved = folder / f"{stamp}-{path.name}"
         suffix = 1
         while moved.exists():
             suffix += 1
-            moved = folder / f"log_history-{suffix}.jsonl"
+            moved = folder / f"{stamp}-{suffix}-{path.name}"
         os.replace(path, moved)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")

@@ -26,7 +26,7 @@ def test_every_log_is_recorded_and_a_resume_from_an_older_checkpoint_sets_the_re
     entries = _entries(out)
     assert [e["step"] for e in entries if "reward" in e] == [1, 2, 3, 4]
     assert json.dumps(entries) == json.dumps(resumed.state.log_history)
-    aside = list((out / "superseded").glob("*/log_history*.jsonl"))
+    aside = list((out / "logs" / "superseded").glob("*log_history.jsonl"))
     assert len(aside) == 1 and len(read_live_log(aside[0])[0]) == 5  # the first timeline, whole
 
 
@@ -39,7 +39,7 @@ def test_reconcile_keeps_a_matching_file_and_sets_aside_another_timeline(tmp_pat
     longer = history + [{"loss": 0.4, "step": 4}, {"loss": float("nan"), "step": 5}]
     path.write_text("".join(json.dumps(e) + "\n" for e in longer))
     moved = reconcile_live_log(tmp_path, history[:2])
-    assert moved is not None and moved.parent.parent.name == "superseded"
+    assert moved is not None and moved.parent == path.parent / "superseded"
     assert [e["step"] for e in read_live_log(path)[0]] == [1, 2]
     assert reconcile_live_log(tmp_path, []) is not None and path.read_text() == ""  # a fresh start
 
