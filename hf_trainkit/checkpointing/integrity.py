@@ -124,3 +124,19 @@ def load_problem(path: Path) -> str:
             first_line = (str(error).strip().splitlines() or [""])[0][:160]
             return f"{file.name} cannot be loaded ({type(error).__name__}: {first_line})"
     return ""
+
+
+def saved_weight_names(checkpoint: str | os.PathLike) -> set[str] | None:
+    """The tensor names of a checkpoint's safetensors weights (one file or an index), or None without them."""
+    root = Path(checkpoint)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index) as handle:
+            return set(json.load(handle)["weight_map"])
+    single = root / "model.safetensors"
+    if not single.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as handle:
+        return set(handle.keys())

@@ -49,10 +49,10 @@ def eval_command_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help=f"where {EVAL_RESULTS} and pass_at_k.png go (default: FIRST_RUN/eval)")
     parser.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
-                        help="evaluation prompts, or 'toy' for the built-in task (default: the run's --eval-dataset, "
-                        "else the toy task's held-out prompts)")
+                        help="evaluation prompts, or toy / chart for a built-in task (default: the run's --eval-dataset, "
+                        "else its built-in task's held-out prompts)")
     parser.add_argument("--split", default=None, metavar="SPLIT",
-                        help="split of --dataset; for the toy task: heldout (default), train or warmup")
+                        help="split of --dataset; for the built-in tasks: heldout (default) or train (toy also: warmup)")
     parser.add_argument("--prompt-column", default=None, metavar="COLUMN", help="column holding the prompts")
     parser.add_argument("--reward-func", action="append", default=None, metavar="NAME_OR_IMPORT",
                         help="reward function(s) (default: the run's)")
@@ -111,12 +111,17 @@ def base_target(first: Target) -> Target:
 
 
 def load_model(target: Target):
-    """(model, tokenizer) of a target; a LoRA adapter on top of the base its run recorded (or its config names)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(model, tokenizer or processor) of a target; a LoRA adapter on top of the base its run recorded (or its config
+    names). A vision-language model comes with its processor, so it is evaluated on the prompts' images."""
     from ..toy import build_toy_base_from_recipe, build_toy_tokenizer
 
-    if target.path is None and target.recipe and "seed" in target.recipe:  # a toy base rebuilt from its recipe
+    if target.path is None and target.recipe and "seed" in target.recipe:  # a built-in base rebuilt from its recipe
+        if target.recipe.get("builder", "").endswith("build_tiny_vlm"):
+            from ..tasks.vision import build_tiny_vlm, build_tiny_vlm_processor
+
+            processor = build_tiny_vlm_processor(target.recipe["image_size"])
+            return build_tiny_vlm(processor, hidden_size=target.recipe["hidden_size"],
+                                  num_layers=target.recipe["num_layers"], seed=target.recipe["seed"]), processor
         tokenizer = build_toy_tokenizer()
         return build_toy_base_from_recipe(target.recipe, tokenizer), tokenizer
     source = str(target.path) if target.path is not None else target.recipe["name_or_path"]
@@ -130,33 +135,63 @@ def load_model(target: Target):
             toy_base = target.run_dir / BASE_MODEL_DIR if target.run_dir else None
             if toy_base is not None and (toy_base / "config.json").is_file():
                 base_name = str(toy_base)  # the run's own copy: the recorded path may be from another machine
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), source)
+            vision = _is_vision(base_name)
+            model = PeftModel.from_pretrained(_model_class(vision).from_pretrained(base_name), source)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source)
-        tokenizer_source = source if (Path(source) / "tokenizer_config.json").is_file() else (
-            str(target.run_dir) if target.run_dir else source)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+            vision = _is_vision(source)
+            model = _model_class(vision).from_pretrained(source)
+        processing_source = next((str(d) for d in (Path(source), target.run_dir, target.run_dir and
+                                                   target.run_dir / BASE_MODEL_DIR)
+                                  if d is not None and (Path(d) / "tokenizer_config.json").is_file()), source)
+        if vision:
+            from ..tasks.vision import load_processor
+
+            tokenizer = load_processor(processing_source)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(processing_source)
     except (OSError, ValueError, ImportError) as error:
         raise EvalInputError(f"{target.label}: cannot be loaded ({type(error).__name__}: "
                              f"{(str(error).strip().splitlines() or [''])[0][:200]}).") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if text_tokenizer.pad_token is None:
+        text_tokenizer.pad_token = text_tokenizer.eos_token
     return model, tokenizer
+
+
+def _is_vision(source: str) -> bool:
+    from ..training.inputs import is_vision_model
+
+    return is_vision_model(source)
+
+
+def _model_class(vision: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if vision else AutoModelForCausalLM
 
 
 def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     """(rows, description) of the prompts to evaluate on."""
-    from ..training.inputs import load_prompt_dataset
+    from ..training.inputs import load_prompt_dataset, prepare_image_column
     from ..toy import build_toy_dataset
 
     if args.dataset is None and not record:
         raise EvalInputError("no evaluation prompts: the model has no run record (hf_trainkit_run.json); pass "
-                             "--dataset (or --dataset toy for the built-in task).")
-    dataset = None if args.dataset == "toy" else args.dataset or record.get("eval_dataset")
+                             "--dataset (or --dataset toy / chart for a built-in task).")
+    builtin = args.dataset if args.dataset in ("toy", "chart") else None
+    if builtin is None and args.dataset is None and record.get("dataset") is None and not record.get("eval_dataset"):
+        builtin = "chart" if record.get("task") == "chart" else "toy"
+    dataset = None if builtin else args.dataset or record.get("eval_dataset")
     column = args.prompt_column or record.get("prompt_column") or "prompt"
-    if dataset is None and (args.dataset == "toy" or record.get("dataset") is None):
+    if builtin:
         split = args.split or "heldout"
         try:
+            if builtin == "chart":
+                from ..tasks.chart import build_chart_dataset
+
+                return [dict(row) for row in build_chart_dataset(split=split)], f"chart task, {split} prompts"
             return [dict(row) for row in build_toy_dataset(split=split)], f"toy task, {split} prompts"
         except ValueError as error:
             raise EvalInputError(f"--split: {error}.") from None
@@ -165,6 +200,7 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
                              "--eval-dataset).")
     split = args.split or record.get("eval_split") or "test"
     loaded = load_prompt_dataset("--dataset", dataset, None, split, column)
+    loaded = prepare_image_column("--dataset", dataset, loaded, record.get("image_column"))
     return [dict(row) for row in loaded], f"{dataset} ({split})"
 
 
@@ -193,7 +229,10 @@ def format_table(results: list[dict], ks: list[int]) -> str:
 
 def eval_command(args) -> int:
     from ..eval import evaluate, summarize
+    from ..library_noise import filter_library_noise
     from ..rl.rewards import resolve_reward_func
+
+    filter_library_noise()
 
     if args.n < 1 or args.batch_size < 1:
         raise EvalInputError(f"--n {args.n} and --batch-size {args.batch_size} must be >= 1.")
@@ -207,8 +246,11 @@ def eval_command(args) -> int:
     rows, description = evaluation_rows(args, record)
     if not rows:
         raise EvalInputError(f"{description}: no prompts.")
-    toy = args.dataset == "toy" or (args.dataset is None and record.get("dataset") is None)
-    specs = args.reward_func or record.get("reward_funcs") or (["digit_rule"] if toy else None)
+    builtin = args.dataset if args.dataset in ("toy", "chart") else None
+    default_reward = {"toy": "digit_rule", "chart": "chart_answer"}.get(builtin)
+    if args.dataset is None and record.get("dataset") is None:
+        default_reward = "chart_answer" if record.get("task") == "chart" else "digit_rule"
+    specs = args.reward_func or record.get("reward_funcs") or ([default_reward] if default_reward else None)
     if not specs:
         raise EvalInputError("--reward-func is needed: the model has no run record naming its reward.")
     try:

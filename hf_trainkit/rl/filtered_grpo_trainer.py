@@ -204,3 +204,22 @@ class FilteredGRPOTrainer(GRPOTrainer):
             else:
                 loss = loss * (size / kept)
         return loss
+
+    # --- resume: weights saved under other names than the model's -----------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        # transformers saves several vision-language models (Qwen2-VL, Qwen2.5-VL, LLaVA, ...) under their
+        # checkpoint-format names (`model.layers.0...`, `visual...`) while the model's own are `model.language_model.*`
+        # and `model.visual.*`; Trainer's resume calls `load_state_dict(strict=False)` on the file, which then loads
+        # nothing and trains on from the *initial* weights. `from_pretrained` knows the renaming: use it there.
+        model = model if model is not None else self.model
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from ..checkpointing.integrity import saved_weight_names
+
+        saved = saved_weight_names(resume_from_checkpoint)
+        if saved is None or saved <= set(model.state_dict()):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+        del reloaded

@@ -22,8 +22,11 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
     builds them from keywords); `callbacks` are added to the ones the options ask for. A user mistake raises
     `UsageError` (one line); the command turns it into exit code 2.
     """
-    extra_callbacks = list(callbacks or [])
+    from ..library_noise import filter_library_noise
     from ..rl.rewards import resolve_reward_func
+
+    filter_library_noise()
+    extra_callbacks = list(callbacks or [])
 
     options = resolve_defaults(options)
     if options.wandb_project:
@@ -93,6 +96,8 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
                 prepare_deepspeed_resume(trainer, checkpoint)
             except RuntimeError as error:
                 raise UsageError(str(error)) from None
+        for manager in checkpoint_managers(trainer):
+            manager.defer_training_complete = True  # written below, once the final state and weights are on disk
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
             break
@@ -109,6 +114,9 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
         # The trained weights (or adapter) at the top of the output dir, as `trainer.save_model()` puts them, even
         # with --no-save-checkpoints: `hf-trainkit eval OUTPUT_DIR` and `from_pretrained(OUTPUT_DIR)` load them.
         trainer.save_model()
+        if trainer.args.should_save:  # last: the record that the run is finished vouches for all of the above
+            for manager in checkpoint_managers(trainer):
+                manager.write_training_complete(options.output_dir)
     if trainer.args.should_save:
         print(end_message(options.output_dir, trainer, stopper), flush=True)
     return trainer
@@ -132,6 +140,20 @@ def end_message(output_dir: str, trainer, stopper) -> str:
         where = "no checkpoint was completed at the stop either"
     return (f"Stopped by {stopper.stop_signal or 'a signal'}: {output_dir} holds {', '.join(written)}; not written: "
             f"the final weights and config at the top (a signal skips the final save); {where}.")
+
+
+def checkpoint_managers(trainer) -> list:
+    """The trainer's `CheckpointManagerCallback`s, also those inside groups (a `CheckpointPolicyCallback`)."""
+    from ..callbacks import CallbackGroup, CheckpointManagerCallback
+
+    found, pending = [], list(trainer.callback_handler.callbacks)
+    while pending:
+        callback = pending.pop(0)
+        if isinstance(callback, CallbackGroup):
+            pending[:0] = callback.members
+        elif isinstance(callback, CheckpointManagerCallback):
+            found.append(callback)
+    return found
 
 
 def describe_launch(trainer) -> str:
