@@ -13,8 +13,9 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..checkpointing.discover import list_checkpoints
+from ..checkpointing.finished import write_training_complete
 from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker, read_marker,
-                                    write_complete_marker, write_json_atomically)
+                                    write_complete_marker)
 from ..checkpointing.policy import pinned_names
 from ..checkpointing.rotate import checkpoints_to_delete
 from ..checkpointing.save_request import REASONS, SaveRequest, pop_save_request, was_preempted
@@ -48,7 +49,10 @@ class CheckpointManagerCallback(TrainerCallback):
     - A save into a folder that already exists first takes its marker away, so a kill halfway through never leaves
       it "complete" with files of two saves; the marker is put back when no save came.
     - `on_train_end`: writes `training_complete.json` when training reached its end (not when a signal stopped it),
-      so a re-run of the same command does not train again.
+      so a re-run of the same command does not train again. With `defer_training_complete = True` (what
+      `hf_trainkit.training.run` sets) it only notes that the run finished: the record is written by
+      `write_training_complete()`, called once the final state and weights are on disk, which it then vouches for
+      (a kill before that leaves no record, and the re-run finishes the job).
 
     Args:
         save_total_limit (`int`, *optional*): keep at most this many valid checkpoints (default: the Trainer's
@@ -73,6 +77,8 @@ class CheckpointManagerCallback(TrainerCallback):
         self._checksums = BackgroundChecksums()
         self._runtime_before, self._segments_before, self._segment_start = 0.0, 0, time.time()
         self._read_resumed_marker = True
+        self.defer_training_complete = False
+        self._finished: dict | None = None  # what training_complete.json records, once training reached its end
 
     def on_init_end(self, args, state, control, **kwargs):
         if self.save_total_limit is None:
@@ -216,12 +222,22 @@ class CheckpointManagerCallback(TrainerCallback):
                 logger.warning(f"Waiting for the checkpoint copies to {self.mirror.url} ...")
             self.mirror.wait()
         if was_preempted(control) or not args.should_save:
+            self._finished = None
             return
+        self._finished = {"global_step": state.global_step, "max_steps": state.max_steps,
+                          "num_train_epochs": args.num_train_epochs}
+        if not self.defer_training_complete:
+            self._write_training_complete(args.output_dir, vouch=False)
+
+    def write_training_complete(self, output_dir: str) -> bool:
+        """Write `training_complete.json` (deferred: see the class docstring), vouching for the final files now at
+        the top of `output_dir`; only when training reached its end, on the main process. Whether it was written."""
+        return self._finished is not None and self._write_training_complete(output_dir, vouch=True)
+
+    def _write_training_complete(self, output_dir: str, vouch: bool) -> bool:
         try:
-            os.makedirs(args.output_dir, exist_ok=True)
-            write_json_atomically(Path(args.output_dir) / TRAINING_COMPLETE, {
-                "global_step": state.global_step, "max_steps": state.max_steps,
-                "num_train_epochs": args.num_train_epochs, "finished_at": time.time(),
-            })
+            write_training_complete(output_dir, self._finished, vouch=vouch)
+            return True
         except OSError as error:
             logger.warning(f"CheckpointManagerCallback: could not write {TRAINING_COMPLETE} ({error}).")
+            return False

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..argparsing import UsageError
+from ..constants import TRAINING_COMPLETE
 
 
 def resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
@@ -49,9 +50,80 @@ def _resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None
     record = read_training_complete(options.output_dir)
     if record and record.get("max_steps") == config.max_steps and (
             config.max_steps > 0 or record.get("num_train_epochs") == config.num_train_epochs):
-        return True, None
-    return False, find_resume_checkpoint(options.output_dir)
+        return finished_or_finish(options.output_dir, record)
+    checkpoint = find_resume_checkpoint(options.output_dir)
+    end = _last_step_state(checkpoint, config) if checkpoint else None
+    if end is not None:
+        # Killed after the checkpoint of the last step, before the final save: nothing is left to train (and a
+        # Trainer resumed at its last step would train one step more), only the final files to write.
+        said = (f"{checkpoint} is the last step of this run ({end['global_step']} of {end['max_steps']}), but the "
+                f"run ended before its final weights and state were written")
+        fields = {"global_step": end["global_step"], "max_steps": end["max_steps"],
+                  "num_train_epochs": config.num_train_epochs}
+        if _finish_from(options.output_dir, checkpoint, said, fields):
+            return True, None
+    return False, checkpoint
 
+
+def _last_step_state(checkpoint: str, config) -> dict | None:
+    """The checkpoint's trainer state when it is at the last step of the run `config` describes, else None."""
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_bytes())
+        step, max_steps = state["global_step"], state["max_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(step, int) or not isinstance(max_steps, int) or max_steps <= 0 or step < max_steps:
+        return None
+    if config.max_steps > 0:
+        return state if max_steps == config.max_steps else None
+    return state if state.get("num_train_epochs") is not None and config.num_train_epochs == float(
+        state.get("num_train_epochs")) else None
+
+
+def _finish_from(output_dir: str, checkpoint: str, said: str, fields: dict) -> bool:
+    """Write the final files of a run from the checkpoint of its last step, then the completion record; False
+    when the checkpoint has no weights of its own to copy (the caller resumes from it)."""
+    from .finished import finish_from_checkpoint, write_training_complete
+
+    written = finish_from_checkpoint(output_dir, checkpoint)
+    if written is None:
+        return False
+    write_training_complete(output_dir, {**fields, "finished_from": os.path.basename(checkpoint)})
+    print(f"{said}: wrote the final weights and state from {checkpoint}, the checkpoint of that step "
+          f"({', '.join(written)}); no step was trained again.", flush=True)
+    return True
+
+
+def finished_or_finish(output_dir: str, record: dict) -> tuple[bool, str | None]:
+    """(True, None) when what the completion record vouches for (the final state and weights) is there and intact.
+    Otherwise the job is finished, saying how: the final weights and state written from the checkpoint of the
+    final step (no training), or a resume from the newest valid checkpoint that trains the missing steps, or
+    (no valid checkpoint left) a start from scratch."""
+    from . import find_resume_checkpoint
+    from .finished import final_outputs_problem
+
+    problem = final_outputs_problem(output_dir, record)
+    if not problem:
+        return True, None
+    final_step = record.get("global_step")
+    said = (f"{os.path.join(output_dir, TRAINING_COMPLETE)} says the run finished at step {final_step}, but "
+            f"{problem}")
+    checkpoint = find_resume_checkpoint(output_dir)
+    if checkpoint and step_of(checkpoint) == final_step:
+        fields = {key: record[key] for key in ("global_step", "max_steps", "num_train_epochs") if key in record}
+        if _finish_from(output_dir, checkpoint, said, fields):
+            return True, None
+        print(f"{said}: resuming from {checkpoint}, the checkpoint of that step, to write them.", flush=True)
+        return False, checkpoint
+    if checkpoint:
+        start = step_of(checkpoint)
+        print(f"{said}: resuming from {checkpoint}, the newest valid checkpoint, to train steps {start + 1}-"
+              f"{final_step} again and write them.", flush=True)
+        return False, checkpoint
+    print(f"{said}, and no valid checkpoint is left: training again from the start.", flush=True)
+    return False, None
 
 def agreed_resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
     """`resume_point` decided by the main process and broadcast, so every rank resumes from the same checkpoint
