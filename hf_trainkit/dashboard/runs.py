@@ -16,8 +16,10 @@ from . import data
 
 CHECKPOINTS_EVERY_SECONDS = 2.0
 DIAGNOSIS_EVERY_SECONDS = 5.0
-FINDING_MARKERS = ("[diagnostics]", "early stopping", "Early stopping", "Control request", "Saved ", "diverge",
-                   "starv")
+# The warnings the training printed (logs/train.log: diagnostics, early stopping, starvation of a filtered mode,
+# control requests, resume set-asides), as the console showed them.
+FINDING_MARKERS = ("[diagnostics]", "Early stopping at step", "Control request", "Saved ", "so nothing is trained on",
+                   "checkpoint(s) newer than step")
 MAX_FINDINGS = 200
 REPORT_PLACES = ("report.html", "plots/report.html")
 
@@ -176,9 +178,11 @@ class RunData:
             eval_steps, eval_values = self.columns.steps("eval_loss").tolist(), self.columns.values("eval_loss").tolist()
             total = self.total
         result = diagnose(steps, values, mode=mode, name=key, eval_steps=eval_steps, eval_values=eval_values)
-        out = {"metric": key, "verdict": result.verdict, "reason": result.reason, "advice": result.advice,
+        out = {"metric": key, "mode": mode, "verdict": result.verdict, "reason": result.reason,
+               "advice": result.advice,
                "findings": [{"kind": f.kind, "step": data.json_number(f.step), "message": f.message}
-                            for f in result.findings[-20:]]}
+                            for f in result.findings[-20:]],
+               **data.best_events(steps, values, mode)}
         self._diagnosis = (time.monotonic(), total, out)
         return out
 

@@ -123,6 +123,9 @@ def test_watch_save_and_stop_a_running_training_in_the_browser(browser, training
             "css selector", f'#checkpoints tr[data-checkpoint="checkpoint-{named[0].step}"]'), timeout=20)
         row = browser.find_element("css selector", f'#checkpoints tr[data-checkpoint="checkpoint-{named[0].step}"]')
         assert "from-browser" in row.text and "manual" in row.text and "yes" in row.text
+        # The diagnostics log: new bests by the live rule, and what the training printed (logs/train.log).
+        wait_for("the diagnostics log", lambda: "NEW BEST" in text(browser, "findings")
+                 and "Control request" in text(browser, "findings"), timeout=20)
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(tmp_path / "dashboard-running.png"))
 

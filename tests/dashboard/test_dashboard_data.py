@@ -95,3 +95,14 @@ def test_metrics_line_and_progress():
     done = progress(steps, times, max_steps=100)
     assert done["fraction"] == 0.2 and done["seconds_per_step"] == 2.0 and done["eta_seconds"] == 160.0
     assert progress([], [], None)["eta_seconds"] is None
+
+
+def test_new_best_events_follow_the_smoothed_metric():
+    from hf_trainkit.dashboard.data import best_events
+
+    steps = list(range(1, 41))
+    values = [min(s, 20) / 20 for s in steps]  # rises to 1.0 at step 20, then flat
+    events = best_events(steps, values, "max", limit=100)
+    assert events["new_best"][0]["step"] == 1 and 15 <= events["new_best"][-1]["step"] <= 25
+    assert events["logs_since_best"] == 40 - events["new_best"][-1]["step"]
+    assert best_events([1, 2], [float("nan"), None], "min") == {"new_best": [], "logs_since_best": 0}
