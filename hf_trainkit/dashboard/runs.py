@@ -107,7 +107,7 @@ class RunData:
         status = read_status(self.path)
         if status is None:
             finished = (self.path / TRAINING_COMPLETE).is_file()
-            state = "finished" if finished else "unknown"
+            state = "finished" if finished else "no live status"
             reason = ("the training has finished" if finished else
                       "no live control here (no control/status.json: started without live control, or not yet)")
         else:
@@ -120,7 +120,7 @@ class RunData:
                       "finished": f"the training has finished (step {status.get('step')})",
                       "stopped": f"the training has stopped (step {status.get('step')})"}.get(
                           state, f"the training is {state}")
-        if read_only and reason is None:
+        if read_only:
             reason = "this page is read-only (started with --read-only)"
         return {"state": state, "can_act": reason is None, "why_not": reason,
                 "max_steps": (status or {}).get("max_steps"), "step": (status or {}).get("step"),

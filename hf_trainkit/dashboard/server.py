@@ -100,6 +100,12 @@ class _DashboardHandler(_Handler):
                 return
             parts = urlsplit(self.path)
             path, query = (parts.path.rstrip("/") or "/"), parse_qs(parts.query, max_num_fields=20)
+            if path == "/favicon.ico" and method == "GET":  # asked for by every page, the report's too
+                self.send_response(204)
+                for key, value in SECURITY_HEADERS.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                return
             if path in ("/", "/index.html") or path.startswith("/static/"):
                 if method != "GET":
                     self._reply(405, {"error": f"{method} not allowed on {path}"})

@@ -149,3 +149,54 @@ def test_watch_save_and_stop_a_running_training_in_the_browser(browser, training
             assert (tmp_path / name).stat().st_size > 1000
     finally:
         server.stop()
+
+
+def test_several_runs_overlaid_read_only_with_axes_and_report(browser, tmp_path):
+    import math
+    import random
+
+    from hf_trainkit.dashboard.server import DashboardServer
+
+    runs = []
+    for index, name in enumerate(("nsr-seed1", "psr-seed1")):
+        run = tmp_path / name
+        (run / "logs").mkdir(parents=True)
+        rng = random.Random(index)
+        with open(run / "logs" / "log_history.jsonl", "w") as handle:
+            for step in range(1, 3001):
+                reward = 0.3 + 0.5 * (1 - math.exp(-step / 600)) + rng.gauss(0, 0.05) + (0.6 if step == 1234 else 0)
+                handle.write(json.dumps({"_time": 1e9 + 2 * step, "step": step, "epoch": step / 1000, "loss": 0.0,
+                                         "reward": reward, "learning_rate": 1e-6, "grad_norm": abs(rng.gauss(1, .1)),
+                                         f"{name[:3]}/kept_ratio": 0.5}) + "\n")
+        runs.append(run)
+    (runs[0] / "plots").mkdir()
+    (runs[0] / "plots" / "report.html").write_text("<html><body><h1>the monitor's report</h1></body></html>")
+    server = DashboardServer([(str(r), r.name[:3].upper()) for r in runs], port=0, read_only=True).start()
+    try:
+        browser.get(server.url)
+        wait_for("both runs", lambda: len(browser.find_elements("css selector", ".run")) == 2
+                 and browser.execute_script("return hfDashboard.points().length") == 2
+                 and all(p.get("reward") for p in browser.execute_script("return hfDashboard.points()")))
+        legend = browser.find_element("css selector", '.chart[data-group="main"]').text
+        assert "NSR reward" in legend and "PSR reward" in legend
+        # 3,000 logs arrive thinned to about the screen's width, and the spike at step 1234 survives.
+        points = browser.execute_script("return hfDashboard.points()[0].reward")
+        assert points < 3000
+        assert browser.execute_script(
+            "return hfDashboard.runs[0].series.reward.x.includes(1234)")
+        assert "read-only" in text(browser, "action-why") and not browser.find_element("id", "save-btn").is_enabled()
+        for axis in ("epoch", "time", "step"):
+            browser.find_element("css selector", f'#x-axis option[value="{dict(step="x", epoch="e", time="t")[axis]}"]').click()
+            wait_for(f"the {axis} axis", lambda: browser.find_elements("css selector", ".chart canvas"))
+        link = wait_for("the report link", lambda: browser.find_elements("id", "report-link"), timeout=20)[0]
+        browser.get(link.get_attribute("href"))
+        assert "the monitor's report" in browser.page_source
+        browser.back()  # the token is kept for the tab (sessionStorage), not in the address bar
+        wait_for("the page again", lambda: len(browser.find_elements("css selector", ".chart canvas")) >= 4
+                 and browser.find_elements("css selector", "#findings li"))
+        time.sleep(0.5)
+        browser.save_screenshot(str(tmp_path / "dashboard-compare.png"))
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        assert not errors, json.dumps(errors, indent=1)
+    finally:
+        server.stop()

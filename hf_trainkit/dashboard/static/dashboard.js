@@ -133,7 +133,8 @@
       }
       return [xs, ys, ema(ys, smoothing)];
     });
-    const joined = uPlot.join(tables.flatMap(([xs, ys, smooth]) => [[xs, ys], [xs, smooth]]));
+    const joined = uPlot.join(tables.flatMap(([xs, ys, smooth]) => smoothing > 0 ? [[xs, ys], [xs, smooth]]
+      : [[xs, ys]]));
     return joined;
   }
 
@@ -161,15 +162,15 @@
         $("charts").appendChild(div);
         const series = [{label: {x: "step", e: "epoch", t: "minutes"}[axis]}];
         list.forEach(s => {
-          series.push({label: s.label + " (raw)", stroke: s.color + (smoothing > 0 ? "40" : ""), width: 1,
-                       dash: s.dash, spanGaps: true, show: true});
-          series.push({label: s.label, stroke: s.color, width: 1.5, dash: s.dash, spanGaps: true,
-                       show: smoothing > 0});
+          series.push({label: s.label + (smoothing > 0 ? " (raw)" : ""), stroke: s.color + (smoothing > 0 ? "40" : ""),
+                       width: 1, dash: s.dash, spanGaps: true});
+          if (smoothing > 0) series.push({label: s.label, stroke: s.color, width: 2, dash: s.dash, spanGaps: true});
         });
+        if (smoothing > 0) div.classList.add("smoothed");  // the legend lists the smoothed lines only
         const opts = {title: group.title, width: width, height: 260, series: series,
           scales: {x: {time: false}},
           cursor: {sync: {key: "hf-trainkit"}, drag: {x: true, y: false}},
-          legend: {live: true}, axes: [{}, {size: 64, values: (u, ticks) => ticks.map(tick)}],
+          legend: {live: true}, axes: [{}, {size: 76, values: (u, ticks) => ticks.map(tick)}],
           hooks: {setSelect: [u => { if (u.select.width > 0) holder.zoomed = true; }]}};
         holder = {div: div, signature: signature, zoomed: false};
         holder.plot = new uPlot(opts, data, div);
