@@ -4,6 +4,7 @@ without one), the live-control status, checkpoints, diagnostics. Reads only; act
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -73,25 +74,21 @@ class RunData:
             data.append_entries(self.columns, entries)
 
     def _refresh_from_state(self):
-        # No live log (a run from before it, or from plain transformers): its newest trainer_state.json.
+        # No live log (a run from before it, or from plain transformers): its newest trainer_state.json, read again
+        # only when one of them changed (a `stat` each otherwise).
         from ..monitor.load import MonitorInputError, load_run
 
+        signature = _state_files(self.path)
+        if signature == self._identity:
+            return
         try:
             run = load_run(self.path, self.label)
-            identity = (str(run.source), run.source.stat().st_mtime_ns)
-        except (MonitorInputError, OSError):
-            return
-        if identity == self._identity:
-            return
-        import json
-
-        try:
             history = json.loads(run.source.read_bytes()).get("log_history") or []
-        except (OSError, ValueError, RecursionError, AttributeError):
+        except (MonitorInputError, OSError, ValueError, RecursionError, AttributeError):
             return
         self._reset()
-        self._identity = identity
-        data.append_entries(self.columns, history)
+        self._identity = signature
+        data.append_entries(self.columns, history if isinstance(history, list) else [])
 
     def since(self, cursor: int | None, client_generation: int | None, points: int) -> dict:
         with self.lock:
@@ -211,6 +208,24 @@ class RunData:
             if (self.path / place).is_file():
                 return self.path / place
         return None
+
+
+def _state_files(run: Path) -> tuple:
+    """(name, mtime, size) of the trainer_state.json files of `run` and its checkpoints."""
+    found = []
+    try:
+        with os.scandir(run) as entries:
+            for entry in entries:
+                if entry.name == "trainer_state.json" or (CHECKPOINT_PATTERN.match(entry.name) and entry.is_dir()):
+                    path = Path(entry.path) / ("" if entry.name == "trainer_state.json" else "trainer_state.json")
+                    try:
+                        info = path.stat()
+                    except OSError:
+                        continue
+                    found.append((entry.name, info.st_mtime_ns, info.st_size))
+    except OSError:
+        return ()
+    return tuple(sorted(found))
 
 
 def _mtime(path: Path) -> int:

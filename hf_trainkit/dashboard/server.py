@@ -66,12 +66,16 @@ class _DashboardHandler(_Handler):
     # --- checks --------------------------------------------------------------------------------------------------
 
     def _host_allowed(self) -> bool:
+        # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends `Host: evil.example`.
+        # The port is not checked, so an SSH tunnel from another local port (ssh -L 9000:127.0.0.1:6150) works.
         host = (self.headers.get("Host") or "").strip().lower()
-        if host not in self.server.allowed_hosts:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in self.server.allowed_names:
             self._reply(403, {"error": f"Host {host[:100]!r} is not this server (open {self.server.base_url})"})
             return False
+        # Cross-site requests: a browser names the page that sends one; only this server's own page may.
         origin = self.headers.get("Origin")
-        if origin is not None and origin.strip().lower() not in self.server.allowed_origins:
+        if origin is not None and origin.strip().lower() != f"http://{host}":
             self._reply(403, {"error": f"cross-origin request from {origin[:100]!r} refused"})
             return False
         return True
@@ -229,12 +233,8 @@ class DashboardServer(ControlServer):
         self.RequestHandlerClass = _DashboardHandler
         self.runs, self.read_only = runs, read_only
         self.daemon_threads = True
-        bound_port = self.server_address[1]
-        names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
-        if host in ("::1", "[::1]"):
-            names = {"[::1]", "localhost"}
-        self.allowed_hosts = {f"{name}:{bound_port}".lower() for name in names}
-        self.allowed_origins = {f"http://{h}" for h in self.allowed_hosts}
+        loopback = {"127.0.0.1", "localhost", "[::1]"}
+        self.allowed_names = loopback | {f"[{host}]" if ":" in host else host.lower()}
         self.token_file = Path(token_file) if token_file else runs[0].path / TOKEN_FILE
         try:
             write_secret(self.token_file, token)

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -77,6 +78,12 @@ def test_host_and_origin_are_checked(served):
     port = server.server_address[1]
     assert call(server, "GET", "/api/runs", token=server.token, headers={"Host": f"localhost:{port}",
                                                                          "Origin": f"http://localhost:{port}"})[0] == 200
+    # Through `ssh -L 9000:127.0.0.1:PORT`: another port on a loopback name, the page's own origin.
+    assert call(server, "GET", "/api/runs", token=server.token, headers={"Host": "localhost:9000",
+                                                                         "Origin": "http://localhost:9000"})[0] == 200
+    status, body, _ = call(server, "POST", "/api/stop", token=server.token, body=b"{}",
+                           headers={"Host": "localhost:9000", "Origin": "http://localhost:3000"})
+    assert status == 403  # another local site
 
 
 def test_actions_are_post_only_and_bad_requests_get_json_errors(served):
@@ -191,3 +198,49 @@ def test_background_dashboard_returns_a_ready_url_at_once(tmp_path):
         for process in command._BACKGROUND:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_a_run_without_live_log_is_read_from_its_trainer_state(tmp_path):
+    run = tmp_path / "old-run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    history = [{"loss": 1.0 / s, "step": s, "epoch": s / 10} for s in (1, 2)]
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": history}))
+    server = DashboardServer([(str(run), "old")], port=0).start()
+    try:
+        status, body, _ = call(server, "GET", "/api/data", token=server.token)
+        first = body["runs"][0]
+        assert status == 200 and first["series"]["loss"]["x"] == [1, 2] and first["line"]["metric"] == "loss"
+        cursor = f"{first['generation']}:{first['cursor']}"
+        assert call(server, "GET", f"/api/data?c={cursor}", token=server.token)[1]["runs"][0]["series"] == {}
+        history.append({"loss": 0.2, "step": 3, "epoch": 0.3})
+        (run / "trainer_state.json").write_text(json.dumps({"global_step": 3, "log_history": history}))
+        update = call(server, "GET", f"/api/data?c={cursor}", token=server.token)[1]["runs"][0]
+        assert update["reset"] and update["series"]["loss"]["x"] == [1, 2, 3]
+    finally:
+        server.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to see the dashboard process")
+def test_background_dashboard_ends_after_the_training_process(tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    _write_log(run, 3)
+    code = ("import sys; from hf_trainkit.dashboard import command, start_dashboard_in_background as start; "
+            "print(start(sys.argv[1], 0, linger=1.0)); print(command._BACKGROUND[0].pid)")
+    parent = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
+    url, pid = parent.stdout.split()
+    pid = int(pid)
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid), (run / "logs" / "dashboard.log").read_text()
+    assert url in (run / "logs" / "dashboard.log").read_text()  # it printed its URL, then ended
