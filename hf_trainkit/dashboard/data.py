@@ -275,3 +275,27 @@ def best_events(steps: Sequence[float], values: Sequence[float], mode: str, smoo
             best = smoothed
             events.append({"step": json_number(step), "value": json_number(value), "smoothed": json_number(smoothed)})
     return {"new_best": events[-limit:], "logs_since_best": steps_since_improvement(smooth, mode, min_delta)}
+
+
+AXES = ("x", "e", "t")
+
+
+def window(columns: Columns, key: str, axis: str, low: float, high: float, points: int = DEFAULT_POINTS
+           ) -> dict[str, list]:
+    """The points of `key` whose `axis` value ("x" step, "e" epoch, "t" time) lies in [`low`, `high`], plus the one
+    just outside each end (so the line reaches the plot's edges), thinned to about `points` (see `thin_indices`):
+    what a zoomed plot shows in full detail."""
+    import numpy as np
+
+    if key not in columns.series or axis not in AXES:
+        return {"x": [], "e": [], "t": [], "y": []}
+    rows = np.frombuffer(columns.series[key][0], dtype=np.int64)
+    where = np.frombuffer(getattr(columns, axis), dtype=float)[rows]
+    inside = np.flatnonzero((where >= low) & (where <= high))
+    if len(inside):
+        first, last = max(int(inside[0]) - 1, 0), min(int(inside[-1]) + 1, len(rows) - 1)
+    else:  # nothing inside: the two points around the window, if any
+        after = int(np.searchsorted(where, high, side="right")) if np.all(np.diff(where) >= 0) else len(rows)
+        first, last = max(after - 1, 0), min(after, len(rows) - 1)
+    values = columns.values(key)[first:last + 1]
+    return columns.column(key, [first + i for i in thin_indices(values, points)])

@@ -94,6 +94,11 @@ class RunData:
         with self.lock:
             return data.since_cursor(self.columns, cursor, self.generation, client_generation, points)
 
+    def window(self, keys: list[str], axis: str, low: float, high: float, points: int) -> dict:
+        with self.lock:
+            return {key: data.window(self.columns, key, axis, low, high, points) for key in keys
+                    if key in self.columns}
+
     # --- what is around it -----------------------------------------------------------------------------------------
 
     def state(self, read_only: bool = False) -> dict:

@@ -123,7 +123,7 @@ class _DashboardHandler(_Handler):
                 return
             routes = {("GET", "/api/runs"): self._runs, ("GET", "/api/data"): self._data,
                       ("GET", "/api/details"): self._details, ("GET", "/api/requests"): self._request,
-                      ("GET", "/api/report"): self._report,
+                      ("GET", "/api/report"): self._report, ("GET", "/api/window"): self._window,
                       ("POST", "/api/save"): self._save, ("POST", "/api/stop"): self._stop}
             handler = routes.get((method, path))
             if handler is not None:
@@ -168,6 +168,21 @@ class _DashboardHandler(_Handler):
             out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
                         "line": run.line(state["max_steps"])})
         self._reply(200, {"runs": out})
+
+    def _window(self, query):
+        """GET /api/window?run=I&keys=K1,K2&axis=x|e|t&from=A&to=B&points=P: a zoomed plot's points in detail."""
+        run = self._run(query)
+        try:
+            low, high = float((query.get("from") or [""])[0]), float((query.get("to") or [""])[0])
+        except ValueError:
+            raise ControlError("'from' and 'to' must be numbers") from None
+        axis = (query.get("axis") or ["x"])[0]
+        if axis not in data.AXES:
+            raise ControlError(f"axis {axis[:10]!r} is not one of {', '.join(data.AXES)}")
+        points = (query.get("points") or [str(data.DEFAULT_POINTS)])[0]
+        points = min(max(int(points), 10), MAX_POINTS) if points.isdigit() else data.DEFAULT_POINTS
+        keys = [k for k in (query.get("keys") or [""])[0].split(",") if k][:50]
+        self._reply(200, {"id": self.server.runs.index(run), "series": run.window(keys, axis, low, high, points)})
 
     def _details(self, query):
         run = self._run(query)

@@ -185,6 +185,25 @@ def test_several_runs_overlaid_read_only_with_axes_and_report(browser, tmp_path)
         assert browser.execute_script(
             "return hfDashboard.runs[0].series.reward.x.includes(1234)")
         assert "read-only" in text(browser, "action-why") and not browser.find_element("id", "save-btn").is_enabled()
+        # Zoom: a drag on the plot refetches the window in full detail (the overview is thinned); double-click resets.
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        over = browser.find_element("css selector", '.chart[data-group="main"] .u-over')
+        width = over.size["width"]
+        ActionChains(browser).move_to_element_with_offset(over, int(-width * 0.1), 0).click_and_hold() \
+            .move_by_offset(int(width * 0.05), 0).release().perform()
+        def detail():
+            xs = browser.execute_script("return hfDashboard.drawn('main')[0]")
+            low, high = browser.execute_script("const r = hfDashboard.charts.main.range; return r")
+            inside = [x for x in xs if low <= x <= high]
+            return len(inside) >= int(high) - int(low) - 1 and inside
+        inside = wait_for("the zoomed detail", detail, timeout=20)
+        assert inside == list(range(int(inside[0]), int(inside[-1]) + 1))  # every step of the window
+        browser.execute_script("return hfDashboard.zoom('main', 1200, 1260)")
+        wait_for("a zoom on the spike", lambda: set(range(1200, 1261)) <= set(
+            browser.execute_script("return hfDashboard.drawn('main')[0]")))
+        ActionChains(browser).double_click(over).perform()
+        wait_for("the overview again", lambda: not browser.execute_script("return hfDashboard.charts.main.zoomed"))
         for axis in ("epoch", "time", "step"):
             browser.find_element("css selector", f'#x-axis option[value="{dict(step="x", epoch="e", time="t")[axis]}"]').click()
             wait_for(f"the {axis} axis", lambda: browser.find_elements("css selector", ".chart canvas"))

@@ -106,3 +106,16 @@ def test_new_best_events_follow_the_smoothed_metric():
     assert events["new_best"][0]["step"] == 1 and 15 <= events["new_best"][-1]["step"] <= 25
     assert events["logs_since_best"] == 40 - events["new_best"][-1]["step"]
     assert best_events([1, 2], [float("nan"), None], "min") == {"new_best": [], "logs_since_best": 0}
+
+
+def test_window_returns_the_zoomed_range_in_detail():
+    from hf_trainkit.dashboard.data import window
+
+    columns = series_from_entries(_entries(10_000))
+    full = since_cursor(columns, None, 0, None, points=100)["series"]["reward"]
+    assert len(full["x"]) < 120  # thinned
+    zoomed = window(columns, "reward", "x", 5000, 5050, points=100)
+    assert zoomed["x"] == list(range(4999, 5052))  # every point inside, one beyond each end
+    assert window(columns, "reward", "e", 500.0, 505.0, points=100)["x"][1:-1] == list(range(5000, 5051))
+    assert len(window(columns, "reward", "x", 0, 1e9, points=100)["x"]) < 120
+    assert window(columns, "nope", "x", 0, 1)["x"] == [] and window(columns, "reward", "q", 0, 1)["x"] == []

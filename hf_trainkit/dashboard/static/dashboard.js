@@ -119,9 +119,10 @@
     return out;
   }
 
-  function chartData(list, axis, smoothing) {
+  function chartData(list, axis, smoothing, detail) {
     const tables = list.map(s => {
-      const column = runs[s.run].series[s.key];
+      const zoomed = detail && detail[s.run] && detail[s.run][s.key];
+      const column = zoomed ? mergedDetail(zoomed, runs[s.run].series[s.key], axis) : runs[s.run].series[s.key];
       const xs = [], ys = [];
       const t0 = axis === "t" ? firstTime(runs[s.run]) : 0;
       for (let i = 0; i < column.y.length; i++) {
@@ -138,6 +139,42 @@
     return joined;
   }
 
+  function mergedDetail(zoomed, live, axis) {
+    // The zoomed window in detail, then whatever arrived live after it.
+    const last = zoomed[axis].length ? zoomed[axis][zoomed[axis].length - 1] : -Infinity;
+    const out = {x: zoomed.x.slice(), e: zoomed.e.slice(), t: zoomed.t.slice(), y: zoomed.y.slice()};
+    for (let i = 0; i < live.y.length; i++) {
+      if (live[axis][i] !== null && live[axis][i] > last) for (const n of ["x", "e", "t", "y"]) out[n].push(live[n][i]);
+    }
+    return out;
+  }
+
+  function zoom(groupId, low, high) {
+    // Show [low, high] of the x axis, fetched again from the server in full detail (the overview is thinned).
+    const holder = charts[groupId];
+    if (!holder) return Promise.resolve();
+    holder.zoomed = true;
+    holder.range = [low, high];
+    const axis = $("x-axis").value, list = groupSeries(GROUPS.find(g => g.id === groupId));
+    const t0 = {};
+    const points = Math.max(200, Math.round(holder.div.clientWidth * (window.devicePixelRatio || 1)));
+    const requests = [...new Set(list.map(s => s.run))].map(r => {
+      const keys = list.filter(s => s.run === r).map(s => s.key);
+      t0[r] = axis === "t" ? firstTime(runs[r]) : 0;
+      const scale = v => axis === "t" ? t0[r] + v * 60 : v;
+      return api("/api/window?run=" + r + "&axis=" + axis + "&from=" + scale(low) + "&to=" + scale(high) +
+                 "&points=" + points + "&keys=" + encodeURIComponent(keys.join(","))).then(body => [r, body.series]);
+    });
+    return Promise.all(requests).then(results => {
+      if (!holder.zoomed) return;
+      holder.detail = Object.fromEntries(results);
+      render();
+      holder.plot.setScale("x", {min: low, max: high});
+    }).catch(() => {});
+  }
+
+  function unzoom(holder) { holder.zoomed = false; holder.detail = null; holder.range = null; }
+
   function firstTime(run) {
     let first = Infinity;
     for (const column of Object.values(run.series)) for (const t of column.t) if (t !== null) { first = Math.min(first, t); break; }
@@ -152,7 +189,7 @@
       const list = groupSeries(group);
       let holder = charts[group.id];
       if (!list.length) { if (holder) { holder.plot.destroy(); holder.div.remove(); delete charts[group.id]; } continue; }
-      const data = chartData(list, axis, smoothing);
+      const data = chartData(list, axis, smoothing, holder && holder.zoomed ? holder.detail : null);
       const signature = list.map(s => s.label).join("|") + axis + (smoothing > 0);
       if (holder && holder.signature !== signature) { holder.plot.destroy(); holder.div.remove(); holder = null; }
       if (!holder) {
@@ -171,13 +208,18 @@
           scales: {x: {time: false}},
           cursor: {sync: {key: "hf-trainkit"}, drag: {x: true, y: false}},
           legend: {live: true}, axes: [{}, {size: 76, values: (u, ticks) => ticks.map(tick)}],
-          hooks: {setSelect: [u => { if (u.select.width > 0) holder.zoomed = true; }]}};
-        holder = {div: div, signature: signature, zoomed: false};
+          hooks: {setSelect: [u => {
+            if (u.select.width > 0) {
+              zoom(group.id, u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
+            }
+          }]}};
+        holder = {div: div, signature: signature, zoomed: false, detail: null, range: null};
         holder.plot = new uPlot(opts, data, div);
-        div.addEventListener("dblclick", () => { holder.zoomed = false; });
+        div.addEventListener("dblclick", () => { unzoom(holder); render(); });
         charts[group.id] = holder;
       } else {
         holder.plot.setData(data, !holder.zoomed);
+        if (holder.zoomed && holder.range) holder.plot.setScale("x", {min: holder.range[0], max: holder.range[1]});
       }
     }
   }
@@ -322,7 +364,7 @@
   $("save-btn").addEventListener("click", () => act("save"));
   $("stop-btn").addEventListener("click", () => act("stop"));
   $("action-run").addEventListener("change", () => { lastDetails = 0; updateActions(); details(); });
-  $("x-axis").addEventListener("change", render);
+  $("x-axis").addEventListener("change", () => { Object.values(charts).forEach(unzoom); render(); });
   $("smoothing").addEventListener("input", () => {
     $("smoothing-value").textContent = parseFloat($("smoothing").value).toFixed(2); render();
   });
@@ -330,7 +372,8 @@
 
   // For tests and curious users: how many points each run holds, per key.
   window.hfDashboard = {points: () => runs.map(r => Object.fromEntries(Object.entries(r.series).map(([k, c]) =>
-    [k, c.y.length]))), runs: runs};
+    [k, c.y.length]))), runs: runs, charts: charts, zoom: zoom,
+    drawn: groupId => charts[groupId] ? charts[groupId].plot.data : null};
 
   function start() {
     api("/api/runs").then(body => {
