@@ -103,7 +103,10 @@ class _DashboardHandler(_Handler):
             if not self._host_allowed():
                 return
             parts = urlsplit(self.path)
-            path, query = (parts.path.rstrip("/") or "/"), parse_qs(parts.query, max_num_fields=20)
+            try:
+                path, query = (parts.path.rstrip("/") or "/"), parse_qs(parts.query, max_num_fields=20)
+            except ValueError:
+                raise ControlError("too many query fields (at most 20)") from None
             if path == "/favicon.ico" and method == "GET":  # asked for by every page, the report's too
                 self.send_response(204)
                 for key, value in SECURITY_HEADERS.items():

@@ -100,6 +100,9 @@ def test_actions_are_post_only_and_bad_requests_get_json_errors(served):
     status, body, _ = call(server, "POST", "/api/save", token=server.token, body=b'{"name": "../../x"}')
     assert status == 409 and "no live control" in body["error"]  # not running: nothing is queued
     assert call(server, "GET", "/api/details?run=7", token=server.token)[0] == 404
+    status, body, _ = call(server, "GET", "/api/data?" + "&".join(f"a{i}=1" for i in range(50)), token=server.token)
+    assert status == 400 and "query" in body["error"]
+    assert call(server, "GET", "/api/window?run=0&from=x&to=1", token=server.token)[0] == 400
     # A running training (its live status says so, its pid is ours): a bad name is refused, a good one queued.
     import os
     import socket as sockets
