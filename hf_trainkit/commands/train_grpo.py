@@ -174,6 +174,9 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           help="send W&B one record every N steps (the mean of the window); implies --report-to wandb "
           "(default with wandb: 1)")
     flag(logging_group, "run-name", default=None, metavar="NAME", help="run name for the integrations")
+    flag(logging_group, "dashboard", nargs="?", type=int, const=6150, default=None, metavar="PORT",
+          help="serve the live dashboard (hf-trainkit dashboard) on 127.0.0.1:PORT beside the training, in its own "
+          "process (port 6150 without a value; 0 picks a free one); it prints a URL with its token")
     flag(logging_group, "quiet", action="store_true", help="do not print the per-step mode line")
     flag(logging_group, "no-run-log", action="store_true",
           help="do not copy the console into OUTPUT_DIR/logs/train.log")

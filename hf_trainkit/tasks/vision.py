@@ -10,6 +10,7 @@ it does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -121,7 +122,7 @@ def build_tiny_vlm(processor=None, *, hidden_size: int = 64, num_layers: int = 2
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _without_zero3_init():
         if seed is not None:
             torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -129,6 +130,21 @@ def build_tiny_vlm(processor=None, *, hidden_size: int = 64, num_layers: int = 2
     model.generation_config.eos_token_id = ids[EOS_TOKEN]
     model.generation_config.bos_token_id = None
     return model
+
+
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Build a whole model on this one process even inside a ZeRO-3 launch: a composite model creates its vision
+    tower through `_from_config`, which under ZeRO-3 partitions it with a collective that the other ranks (waiting
+    for the main process to save the base model) never join. transformers keeps the switch in a module global."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def _mrope_sections(head_dim: int) -> list[int]:

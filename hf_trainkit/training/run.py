@@ -42,6 +42,14 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
     if config.process_index == 0 and options.defaults_used:
         print(describe_defaults(options), flush=True)
     callbacks = build_callbacks(options) + extra_callbacks
+    if options.dashboard is not None and config.process_index == 0:
+        if not 0 <= options.dashboard <= 65535:
+            raise UsageError(f"--dashboard {options.dashboard}: use a port 0-65535 (0 picks a free one).")
+        from ..dashboard import start_dashboard_in_background
+
+        url = start_dashboard_in_background(options.output_dir, options.dashboard)
+        if url:
+            print(f"Dashboard: {url}", flush=True)
     pull_from_mirror(options, config, callbacks)
     finished, checkpoint = agreed_resume_point(options, config)
     if finished:
