@@ -145,12 +145,18 @@ def test_unreachable_threshold_warns_with_advice(tmp_path):
 
 
 def test_demo_and_cli(tmp_path):
-    result = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3")
+    result = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3",
+                        "--vlm-steps", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     for mode in ("grpo", "psr", "nsr", "w-reinforce"):
         assert (tmp_path / "demo" / mode / "trainer_state.json").exists()
         assert f"\n{mode} " in result.stdout
-    again = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3")
+    vlm_part = result.stdout.split("Vision-language model")[1]
+    for mode in ("psr", "nsr"):  # the short VLM runs on the chart task
+        assert (tmp_path / "demo" / f"chart-{mode}" / "trainer_state.json").exists()
+        assert f"\n{mode} " in vlm_part and f"chart-{mode}" in vlm_part
+    again = run_script(ROOT / "scripts" / "demo.py", "--output-dir", tmp_path / "demo", "--max-steps", "3",
+                       "--vlm-steps", "0")
     assert again.returncode == 0, again.stderr[-3000:]  # the README's first command, run a second time
     assert "\ngrpo " in again.stdout
     compare = tmp_path / "demo" / "compare"
