@@ -56,7 +56,17 @@ def resolve_image_column(flag: str, spec: str, dataset, image_column: str | None
     if target in dataset.column_names:
         dataset = dataset.remove_columns([target])
     image_feature = datasets.Image()
-    return dataset.add_column(target, values, feature=datasets.Sequence(image_feature) if is_list else image_feature)
+    dataset = dataset.add_column(target, values, feature=datasets.Sequence(image_feature) if is_list else image_feature)
+    return as_conversations(dataset)
+
+
+def as_conversations(dataset):
+    """Plain-text prompts as one user message each: TRL trains a VLM on conversational prompts only (it puts the
+    image placeholders into the first user message), and fails at the first step on a plain string."""
+    if "prompt" not in dataset.column_names or not len(dataset) or not isinstance(dataset[0]["prompt"], str):
+        return dataset
+    conversations = [[{"role": "user", "content": text}] for text in dataset["prompt"]]
+    return dataset.remove_columns(["prompt"]).add_column("prompt", conversations)
 
 
 def _inner_feature(feature):

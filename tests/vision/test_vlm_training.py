@@ -227,6 +227,36 @@ def test_images_as_paths_relative_to_the_file_and_bytes_reach_the_model(tmp_path
         assert list(from_bytes[i]["images"][0].convert("RGB").getdata()) == expected
 
 
+def test_a_vlm_trains_from_a_user_data_file_with_plain_prompts(tmp_path):
+    """A user's own model folder and a .jsonl of plain-text prompts, image paths relative to the file, answers."""
+    from hf_trainkit.tasks.chart import build_chart_dataset
+    from hf_trainkit.tasks.vision import build_tiny_vlm, build_tiny_vlm_processor, save_processor
+
+    model = tmp_path / "my-vlm"
+    processor = build_tiny_vlm_processor()
+    build_tiny_vlm(processor).save_pretrained(model)
+    save_processor(processor, model)
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    rows = []
+    for i, row in enumerate(build_chart_dataset(num_prompts=8, seed=2)):
+        row["image"].save(tmp_path / "data" / "img" / f"{i}.png")
+        rows.append({"question": row["prompt"][0]["content"][1]["text"], "image": f"img/{i}.png",
+                     "answer": row["answer"]})
+    data = tmp_path / "data" / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    result = run_script(TRAIN, "--model", model, "--dataset", data, "--prompt-column", "question", "--reward-func",
+                        "chart_answer", "--mode", "nsr", "--output-dir", out, "--max-steps", 2,
+                        "--per-device-train-batch-size", 8, "--num-generations", 4, "--max-completion-length", 2,
+                        "--no-save-checkpoints", "--no-loss-curve")
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [h for h in log_history(out) if "reward" in h]
+    assert len(logs) == 2 and all(h["nsr/positive_samples"] + h["nsr/negative_samples"] == 8 for h in logs)
+    from transformers import AutoModelForImageTextToText
+
+    assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == "qwen2_5_vl"
+
+
 def test_lora_adapts_the_language_model_not_the_vision_tower():
     from peft import get_peft_model
 
