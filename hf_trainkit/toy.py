@@ -227,29 +227,12 @@ def build_toy_base_from_recipe(recipe: dict, tokenizer=None):
 
 def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     """`directory` holding the base model of `recipe` (and the toy tokenizer), built and saved unless it is already
-    there; returns `directory`. Saved to a temporary folder and renamed, so an interrupted save leaves no half
-    model that a later run would take."""
-    import json
-    import os
-    import shutil
+    there; returns `directory`."""
+    from .tasks.saved import ensure_saved
 
-    from .constants import TOY_BASE_RECIPE
+    def save(folder: str) -> None:
+        tokenizer = build_toy_tokenizer()
+        build_toy_base_from_recipe(recipe, tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
-    recipe_file = os.path.join(directory, TOY_BASE_RECIPE)
-    try:
-        with open(recipe_file) as handle:
-            if json.load(handle) == recipe and os.path.isfile(os.path.join(directory, "model.safetensors")):
-                return directory
-    except (OSError, ValueError):
-        pass
-    tokenizer = build_toy_tokenizer()
-    model = build_toy_base_from_recipe(recipe, tokenizer)
-    partial = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    with open(os.path.join(partial, TOY_BASE_RECIPE), "w") as handle:
-        json.dump(recipe, handle, indent=2)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
-    return directory
+    return ensure_saved(directory, recipe, save)

@@ -161,31 +161,16 @@ def tiny_vlm_recipe(seed: int) -> dict:
 
 
 def ensure_tiny_vlm(directory: str, recipe: dict) -> str:
-    """`directory` holding the tiny VLM of `recipe` and its processor, built and saved unless already there.
-    Saved to a temporary folder and renamed, so an interrupted save leaves no half model."""
-    import shutil
+    """`directory` holding the tiny VLM of `recipe` and its processor, built and saved unless already there."""
+    from .saved import ensure_saved
 
-    from ..constants import TOY_BASE_RECIPE
+    def save(folder: str) -> None:
+        processor = build_tiny_vlm_processor(recipe["image_size"])
+        build_tiny_vlm(processor, hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"],
+                       seed=recipe["seed"]).save_pretrained(folder)
+        save_processor(processor, folder)
 
-    recipe_file = os.path.join(directory, TOY_BASE_RECIPE)
-    try:
-        with open(recipe_file) as handle:
-            if json.load(handle) == recipe and os.path.isfile(os.path.join(directory, "model.safetensors")):
-                return directory
-    except (OSError, ValueError):
-        pass
-    processor = build_tiny_vlm_processor(recipe["image_size"])
-    model = build_tiny_vlm(processor, hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"],
-                           seed=recipe["seed"])
-    partial = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    save_processor(processor, partial)
-    with open(os.path.join(partial, TOY_BASE_RECIPE), "w") as handle:
-        json.dump(recipe, handle, indent=2)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
-    return directory
+    return ensure_saved(directory, recipe, save)
 
 
 def save_processor(processor, directory: str) -> None:
