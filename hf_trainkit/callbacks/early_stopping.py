@@ -145,6 +145,12 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
                 request_save(control, state, "final", stopped_by="early stopping")
             if state.is_world_process_zero:
                 logger.warning(f"Early stopping at step {state.global_step}: {decision.reason}.")
+        elif self.wait * 2 > self.patience and state.is_world_process_zero:
+            # The countdown of the last half of the patience: what a user watching the console or the dashboard
+            # wants to know before the stop, not after it.
+            logger.warning(f"Early stopping countdown at step {state.global_step}: {self.monitor} has not improved "
+                           f"for {self.wait} of {self.patience} checks (best {self.best:.4g}); "
+                           f"{self.patience - self.wait} left.")
 
     def _missing(self, state, logs: dict):
         if self.best is None and not self.warned_missing:

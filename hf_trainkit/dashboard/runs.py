@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, LOG_FILE, TRAINING_COMPLETE
-from ..monitor.load import LIVE_LOG_FILE, read_live_log
+from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, LIVE_LOG_FILE, LOG_FILE, TRAINING_COMPLETE
+from ..monitor.load import read_live_log
 from . import data
 
 
@@ -19,7 +19,7 @@ CHECKPOINTS_EVERY_SECONDS = 2.0
 DIAGNOSIS_EVERY_SECONDS = 5.0
 # The warnings the training printed (logs/train.log: diagnostics, early stopping, starvation of a filtered mode,
 # control requests, resume set-asides), as the console showed them.
-FINDING_MARKERS = ("[diagnostics]", "Early stopping at step", "Control request", "Saved ", "so nothing is trained on",
+FINDING_MARKERS = ("[diagnostics]", "Early stopping", "Control request", "Saved ", "so nothing is trained on",
                    "checkpoint(s) newer than step")
 MAX_FINDINGS = 200
 REPORT_PLACES = ("report.html", "plots/report.html")

@@ -252,6 +252,20 @@ def test_early_stop_in_training_stops_at_the_right_step_with_a_checkpoint(make_t
     assert (Path(trainer.args.output_dir) / "checkpoint-4" / "trainer_state.json").exists()
 
 
+def test_early_stopping_counts_down_its_last_half(caplog):
+    """patience 4: silent while wait <= 2, then one countdown line per check (3 of 4, 1 left), then the stop."""
+    callback = MetricEarlyStoppingCallback("reward", mode="max", patience=4)
+    args, state, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerState(), TrainerControl()
+    with caplog.at_level("WARNING"):
+        for step, reward in enumerate([0.5, 0.4, 0.4, 0.4, 0.4], start=1):
+            state.global_step = step
+            callback.on_log(args, state, control, logs={"reward": reward})
+    lines = [r.getMessage() for r in caplog.records if "Early stopping" in r.getMessage()]
+    assert lines == ["Early stopping countdown at step 4: reward has not improved for 3 of 4 checks (best 0.5); "
+                     "1 left.", "Early stopping at step 5: reward did not improve by more than 0.0 for 4 checks "
+                     "(best 0.5)."]
+
+
 def test_unknown_monitor_lists_logged_keys(make_trainer):
     trainer = make_trainer("psr", max_steps=3, callbacks=[MetricEarlyStoppingCallback("rewrd")],
                            log_mode_summary=False)
