@@ -23,6 +23,9 @@ RUN_RECORD = "hf_trainkit_run.json"  # what a run was trained from: base model, 
 BASE_MODEL_DIR = "base_model"  # the built-in toy base model of a run, saved so that eval measures the same base
 TOY_BASE_RECIPE = "hf_trainkit_toy_base.json"  # inside BASE_MODEL_DIR: how that base was built
 LOG_FILE = os.path.join("logs", "train.log")  # the console of every segment of the run
+# The live record of every log (LiveLogCallback): one JSON object per line, plus the wall-clock time of each.
+LIVE_LOG_FILE = "logs/log_history.jsonl"
+TIME_KEY = "_time"  # the key of that time in each line
 IMAGE_DIR = "img"  # end-of-training curves
 LOSS_CURVE, REWARD_CURVE = "loss_curve.png", "reward_curve.png"
 STATS_FILE = "training_stats.json"

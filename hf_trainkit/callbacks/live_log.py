@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..constants import SUPERSEDED_DIR
-from ..monitor.load import LIVE_LOG_FILE, TIME_KEY, read_live_log
+from ..constants import LIVE_LOG_FILE, SUPERSEDED_DIR, TIME_KEY
+from ..monitor.load import read_live_log
 
 
 logger = logging.get_logger(__name__)

@@ -293,14 +293,15 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return status if isinstance(status, dict) else None
 
 
-def write_token(run_dir: str | os.PathLike) -> str:
-    """A fresh bearer token in RUN_DIR/control_token, readable by the user only (0600, also if the file existed)."""
-    token = secrets.token_urlsafe(32)
-    path = Path(run_dir) / TOKEN_FILE
+def write_token(run_dir: str | os.PathLike, name: str = TOKEN_FILE, token: str | None = None) -> str:
+    """A bearer token (`token`, or a fresh one) in RUN_DIR/NAME (default `control_token`; the dashboard writes its
+    own), readable by the user only (0600, also if the file existed). Returns the token."""
+    token = token or secrets.token_urlsafe(32)
+    path = Path(run_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     # A new file of our own (O_EXCL: never one planted in advance; O_NOFOLLOW: never through a symlink), renamed
-    # over the old name: a symlink left at `control_token` is replaced, its target never written.
-    temporary = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    # over the old name: a symlink left at NAME is replaced, its target never written.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.fchmod(descriptor, 0o600)

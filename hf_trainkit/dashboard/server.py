@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..checkpointing.control import ControlError, is_queued, read_response, submit_request
+from ..checkpointing.control import ControlError, is_queued, read_response, submit_request, write_token
 from ..checkpointing.control_server import ControlServer, _Handler
 from . import data
 from .runs import RunData
@@ -255,7 +255,7 @@ class DashboardServer(ControlServer):
         self.allowed_names = loopback | {f"[{host}]" if ":" in host else host.lower()}
         self.token_file = Path(token_file) if token_file else runs[0].path / TOKEN_FILE
         try:
-            write_secret(self.token_file, token)
+            write_token(self.token_file.parent, name=self.token_file.name, token=token)
         except OSError:
             self.token_file = "(not written: the run folder is read-only)"
         for run in runs:  # the first page is served from memory
@@ -270,18 +270,3 @@ class DashboardServer(ControlServer):
     def url(self) -> str:
         """The ready URL, token included (as Jupyter prints it)."""
         return f"{self.base_url}/?token={self.token}"
-
-
-def write_secret(path: Path, secret: str):
-    """`secret` in `path`, readable by the user only: a new file of our own (O_EXCL, O_NOFOLLOW, mode 0600) renamed
-    over `path`, so a symlink planted there is replaced, its target never written (as `control.write_token`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(descriptor, 0o600)
-        os.write(descriptor, secret.encode())
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-

@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..argparsing import UsageError
-from ..constants import CHECKPOINT_PATTERN, TRAINER_STATE_NAME
+from ..constants import CHECKPOINT_PATTERN, LIVE_LOG_FILE, TIME_KEY, TRAINER_STATE_NAME
 
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 KEY_ALIASES = {"lr": "learning_rate"}
 _LARGEST_STEP = 2 ** 53  # beyond it a step is no step (and no float holds it exactly)
 _LARGEST_FLOAT = 1.7976931348623157e308
-# The live record of every log (LiveLogCallback): one JSON object per line, plus the wall-clock time of each.
-LIVE_LOG_FILE = "logs/log_history.jsonl"
-TIME_KEY = "_time"
 _NOT_METRICS = {"step", "epoch", TIME_KEY}
 
 
