@@ -7,6 +7,7 @@ import pytest
 
 from hf_trainkit.checkpointing import list_checkpoints
 from tests.distributed.test_deepspeed_zero3 import assert_same_curves, curves, ddp, keep_only, run, zero3
+from tests.testing_utils import ROOT
 
 
 pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]'")
@@ -45,3 +46,22 @@ def test_vlm_zero3_two_processes_then_resume_with_one(tmp_path):
     run(ddp(1, *CHART, "--output-dir", ddp_resumed, "--max-steps", 4, "--save-steps", 100, "--eval-every", 0))
     assert_same_curves(curves(resumed), curves(ddp_resumed))
     assert curves(resumed)[:2] == curves(out)[:2]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo"])
+def test_vlm_loss_under_zero3_equals_trl_loss_on_the_kept_samples(tmp_path, loss_type):
+    """On each of 2 ZeRO-3 ranks, at each update, the loss equals TRL's loss on the rank's kept samples alone
+    (images included), the two ranks keeping different samples."""
+    out = tmp_path / loss_type
+    run(zero3(2, "--task", "chart", "--mode", "nsr", "--seed", 5, "--no-diagnostics", "--output-dir", out,
+              "--max-steps", 3, "--no-save-checkpoints", "--eval-every", 0, "--loss-type", loss_type,
+              "--reward-func", "tests.vision.zero3_loss_harness:rank_reward",
+              script=ROOT / "tests" / "vision" / "zero3_loss_harness.py"))
+    records = [json.loads((out / "loss_records" / f"rank_{i}.json").read_text()) for i in (0, 1)]
+    assert [len(r) for r in records] == [3, 3]
+    # NSR keeps the wrong answers, 8 of 16 on each rank (TRL shuffles the rows before the update)
+    assert all(len(r["kept"]) == 8 for rank in records for r in rank)
+    assert all(r["forwarded"] == 8 for rank in records for r in rank)  # the dropped 8 never reached the model
+    for rank in records:
+        for record in rank:
+            assert record["ours"] == pytest.approx(record["reference"], rel=1e-5, abs=1e-7), record
