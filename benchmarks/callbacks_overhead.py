@@ -3,7 +3,8 @@
 
 Trains the tiny toy model (FilteredGRPOTrainer, mode psr, logging every step) three ways: without callbacks;
 with the logging set (WandbEveryNCallback, W&B offline, one record every 10 steps; LossCurveCallback;
-TrainingDiagnosticsCallback; MetricEarlyStoppingCallback with a patience larger than the run); and with the
+TrainingDiagnosticsCallback; MetricEarlyStoppingCallback with a patience larger than the run; LiveLogCallback
+appending every log to logs/log_history.jsonl); and with the
 checkpoint set when nothing happens (CheckpointPolicyCallback watching `reward` for best-3 and save-on-improvement
 with a threshold never reached, LiveControlCallback reading its request folder at every step and refreshing its
 status file, no request sent). Whole-step ratios on a shared 2-core machine move by a few percent from run to
@@ -67,8 +68,9 @@ def time_inside(callbacks: list, total: list):
 
 
 def measure(kind: str, steps: int, warmup: int) -> tuple[float, float, float]:
-    from hf_trainkit.callbacks import (CheckpointPolicyCallback, LiveControlCallback, LossCurveCallback,
-                                       MetricEarlyStoppingCallback, TrainingDiagnosticsCallback, WandbEveryNCallback)
+    from hf_trainkit.callbacks import (CheckpointPolicyCallback, LiveControlCallback, LiveLogCallback,
+                                       LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
+                                       WandbEveryNCallback)
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
     from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer, digit_rule_reward
 
@@ -76,7 +78,7 @@ def measure(kind: str, steps: int, warmup: int) -> tuple[float, float, float]:
     callbacks = [clock]
     if kind == "logging":
         callbacks += [WandbEveryNCallback(10, project="bench"), LossCurveCallback(), TrainingDiagnosticsCallback(),
-                      MetricEarlyStoppingCallback("reward", mode="max", patience=10 * steps)]
+                      MetricEarlyStoppingCallback("reward", mode="max", patience=10 * steps), LiveLogCallback()]
     elif kind == "checkpointing":
         callbacks += [CheckpointPolicyCallback(monitor="reward", save_top_k=3, save_on_improvement=True,
                                                min_delta=1e9), LiveControlCallback()]
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     print("| run | s/step | ratio | time inside the callbacks per step | inside / step | target |")
     print("|---|---|---|---|---|---|")
     print(f"| no callbacks | {off:.4f} | 1.000 | | | |")
-    rows = (("logging", "W&B every 10 + loss curve + diagnostics + early stopping"),
+    rows = (("logging", "W&B every 10 + loss curve + diagnostics + early stopping + live log"),
             ("checkpointing", "checkpoint policy (best 3, on improvement) + live control, idle"))
     for kind, label in rows:
         print(f"| {label} | {step[kind]:.4f} | {step[kind] / off:.3f} | {inside[kind] * 1e6:.0f} us | "
