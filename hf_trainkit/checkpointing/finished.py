@@ -142,3 +142,25 @@ def finish_from_checkpoint(output_dir: str | os.PathLike, checkpoint: str | os.P
         shutil.copyfile(source / name, temporary)
         os.replace(temporary, root / name)
     return names
+
+
+def weights_load_problem(checkpoint: str | os.PathLike) -> str:
+    """Why the full-model weights of `checkpoint` do not load into the model its config describes ("" when they
+    do, or when there are none of their own: an adapter, DeepSpeed shards). Sizes and checksums cannot tell weights
+    whose shapes do not fit the model; a resume finds out at its load, and writing them as a run's final weights
+    must find out before."""
+    source = Path(checkpoint)
+    if not any((source / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                      "pytorch_model.bin")):
+        return ""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        config = AutoConfig.from_pretrained(str(source))
+        model_class = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
+            else AutoModelForCausalLM
+        model_class.from_pretrained(str(source))
+    except Exception as error:  # transformers raises many types for weights that do not fit
+        text = str(error).strip()
+        return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    return ""

@@ -84,9 +84,12 @@ def _last_step_state(checkpoint: str, config) -> dict | None:
 
 def _finish_from(output_dir: str, checkpoint: str, said: str, fields: dict) -> bool:
     """Write the final files of a run from the checkpoint of its last step, then the completion record; False
-    when the checkpoint has no weights of its own to copy (the caller resumes from it)."""
-    from .finished import finish_from_checkpoint, write_training_complete
+    when the checkpoint has no weights of its own to copy, or weights that do not load (the caller resumes from it,
+    whose load then fails over to an older checkpoint)."""
+    from .finished import finish_from_checkpoint, weights_load_problem, write_training_complete
 
+    if weights_load_problem(checkpoint):  # resuming from it finds out at the load, and falls back to an older one
+        return False
     written = finish_from_checkpoint(output_dir, checkpoint)
     if written is None:
         return False

@@ -236,6 +236,7 @@ def train_grpo_command(options: argparse.Namespace, callbacks: list | None = Non
         message = disk_full_message(error, options.output_dir) if options.output_dir else None
         if message is None or os.environ.get("HF_TRAINKIT_DEBUG"):
             raise
+        print(file=sys.stderr)  # ends the progress bar's line: the error gets a line of its own
         raise UsageError(message, exit_code=1) from None
     stopper = stopping_callback(trainer) if trainer is not None else None
     if stopper is None:
