@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers.utils import logging
 from trl import GRPOTrainer
@@ -39,8 +37,9 @@ class FilteredGRPOTrainer(GRPOTrainer):
     - `_generate_and_score_completions`: after TRL has scored the completions, the advantages are replaced by the
       mode's advantages ([`compute_mode_advantages`] on the rewards of the whole, all-process batch), the kept rows
       are marked, and the mode metrics (`psr/positive_samples`, `nsr/kept_ratio`, ...) are recorded.
-    - `_compute_loss`: dropped rows are removed before the forward pass, and `num_items_in_batch` counts only kept
-      tokens, so the loss is TRL's loss on the kept samples alone, for every `loss_type`.
+    - `_compute_loss`: dropped rows are removed before the forward pass (with their images, in a vision-language
+      batch: see [`hf_trainkit.rl.rows`]), and `num_items_in_batch` counts only kept tokens, so the loss is TRL's
+      loss on the kept samples alone, for every `loss_type`.
 
     In mode `"grpo"` the advantages and the loss are TRL's own; only unscorable completions (every reward function
     returned `None`, advantage 0 in TRL) are left out of the loss instead of diluting its denominator.
