@@ -4,11 +4,9 @@ built-in chart task: what works for text works for the VLM. Real runs of scripts
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
