@@ -172,6 +172,20 @@ def _model_class(vision: bool):
     return AutoModelForImageTextToText if vision else AutoModelForCausalLM
 
 
+# The built-in tasks `--dataset` can name, and the reward each is scored with.
+BUILTIN_TASK_REWARDS = {"toy": "digit_rule", "chart": "chart_answer"}
+
+
+def builtin_task(args, record: dict) -> str | None:
+    """The built-in task to evaluate on: the one `--dataset` names, else the one the run trained on (its record
+    names no data set of its own); None for a user's data set."""
+    if args.dataset in BUILTIN_TASK_REWARDS:
+        return args.dataset
+    if args.dataset is None and record.get("dataset") is None:
+        return "chart" if record.get("task") == "chart" else "toy"
+    return None
+
+
 def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     """(rows, description) of the prompts to evaluate on."""
     from ..training.inputs import load_prompt_dataset, prepare_image_column
@@ -180,9 +194,9 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     if args.dataset is None and not record:
         raise EvalInputError("no evaluation prompts: the model has no run record (hf_trainkit_run.json); pass "
                              "--dataset (or --dataset toy / chart for a built-in task).")
-    builtin = args.dataset if args.dataset in ("toy", "chart") else None
-    if builtin is None and args.dataset is None and record.get("dataset") is None and not record.get("eval_dataset"):
-        builtin = "chart" if record.get("task") == "chart" else "toy"
+    builtin = builtin_task(args, record)
+    if builtin and args.dataset is None and record.get("eval_dataset"):
+        builtin = None  # the run trained on a built-in task but named prompts of its own to measure on
     dataset = None if builtin else args.dataset or record.get("eval_dataset")
     column = args.prompt_column or record.get("prompt_column") or "prompt"
     if builtin:
@@ -246,10 +260,7 @@ def eval_command(args) -> int:
     rows, description = evaluation_rows(args, record)
     if not rows:
         raise EvalInputError(f"{description}: no prompts.")
-    builtin = args.dataset if args.dataset in ("toy", "chart") else None
-    default_reward = {"toy": "digit_rule", "chart": "chart_answer"}.get(builtin)
-    if args.dataset is None and record.get("dataset") is None:
-        default_reward = "chart_answer" if record.get("task") == "chart" else "digit_rule"
+    default_reward = BUILTIN_TASK_REWARDS.get(builtin_task(args, record))
     specs = args.reward_func or record.get("reward_funcs") or ([default_reward] if default_reward else None)
     if not specs:
         raise EvalInputError("--reward-func is needed: the model has no run record naming its reward.")

@@ -11,6 +11,7 @@ it does not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ PATCH_SIZE, MERGE_SIZE, TEMPORAL_PATCH_SIZE = 14, 2, 2
 TINY_VLM_IMAGE_SIZE = 56
 
 
+@functools.cache  # one class, so that every processor built here is an instance of the same type
 def _image_only_processor_class():
     from transformers import Qwen2_5_VLProcessor
     from transformers.processing_utils import ProcessorMixin
