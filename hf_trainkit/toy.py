@@ -228,11 +228,11 @@ def build_toy_base_from_recipe(recipe: dict, tokenizer=None):
 def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     """`directory` holding the base model of `recipe` (and the toy tokenizer), built and saved unless it is already
     there; returns `directory`."""
-    from .tasks.saved import ensure_saved
+    from .tasks.saved import ensure_saved, save_model_here
 
     def save(folder: str) -> None:
         tokenizer = build_toy_tokenizer()
-        build_toy_base_from_recipe(recipe, tokenizer).save_pretrained(folder)
+        save_model_here(build_toy_base_from_recipe(recipe, tokenizer), folder)
         tokenizer.save_pretrained(folder)
 
     return ensure_saved(directory, recipe, save)

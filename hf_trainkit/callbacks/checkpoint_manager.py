@@ -3,6 +3,7 @@ training-complete record."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -15,7 +16,7 @@ from transformers.utils import logging
 from ..checkpointing.discover import list_checkpoints
 from ..checkpointing.finished import write_training_complete
 from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker, read_marker,
-                                    write_complete_marker)
+                                    write_complete_marker, write_deepspeed_latest)
 from ..checkpointing.policy import pinned_names
 from ..checkpointing.rotate import checkpoints_to_delete
 from ..checkpointing.save_request import REASONS, SaveRequest, pop_save_request, was_preempted
@@ -64,11 +65,17 @@ class CheckpointManagerCallback(TrainerCallback):
             newest-`save_total_limit` rule (a policy's best-N).
         marker_fields (*optional*): `marker_fields(args, state) -> dict` added to every marker (a policy's
             monitored value, so that a resume restores it).
+        node_layout ([`NodeLayout`], *optional*): the nodes of a multi-node job; found out at the start of training
+            when `args.save_on_each_node` is set and not given. With a disk per node, each node writes and marks its
+            own part of every checkpoint (the marker says whose), and rotation deletes a step only when every node
+            holds a newer complete one. Give such a job a mirror per node (`CheckpointMirror.for_node`).
     """
 
     def __init__(self, save_total_limit: int | None = None, protected: list[str] | None = None, mirror=None,
-                 keep_rule: KeepRule | None = None, marker_fields: Callable[..., dict] | None = None):
+                 keep_rule: KeepRule | None = None, marker_fields: Callable[..., dict] | None = None,
+                 node_layout=None):
         self.mirror = mirror
+        self.node_layout = node_layout
         self.save_total_limit = save_total_limit
         self.protected = set(protected or [])
         self.keep_rule = keep_rule
@@ -86,6 +93,11 @@ class CheckpointManagerCallback(TrainerCallback):
         args.save_total_limit = None  # rotation is ours from now on (see the class docstring)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.node_layout is None:
+            from ..checkpointing.nodes import NodeLayout, current_layout
+
+            per_node = bool(getattr(args, "save_on_each_node", False))
+            self.node_layout = current_layout(per_node) if per_node and args.world_size > 1 else NodeLayout()
         self._segment_start = time.time()
         self._runtime_before, self._segments_before = 0.0, 0
         self._read_resumed_marker = False
@@ -112,7 +124,7 @@ class CheckpointManagerCallback(TrainerCallback):
         """A folder for this step already exists (a save at this step is about to write into it): its marker goes
         first. Put back at the next step when no save came."""
         checkpoint = checkpoint_dir(args.output_dir, state.global_step)
-        if state.is_world_process_zero and checkpoint.is_dir() and checkpoint.name not in self._invalidated:
+        if args.should_save and checkpoint.is_dir() and checkpoint.name not in self._invalidated:
             try:
                 self._invalidated[checkpoint.name] = invalidate_marker(checkpoint)
             except OSError as error:
@@ -129,25 +141,50 @@ class CheckpointManagerCallback(TrainerCallback):
         barrier()  # every rank has written its shards before the marker says "complete"
         request = pop_save_request(control, state)
         checkpoint = checkpoint_dir(args.output_dir, state.global_step)
+        layout = self.node_layout
+        marked = False
         if args.should_save and checkpoint.is_dir():
             world_size = max(getattr(args, "world_size", 1), 1)
             try:
+                if layout is not None and layout.per_node_disks:
+                    write_deepspeed_latest(checkpoint)
                 marker = write_complete_marker(
                     checkpoint, self._metadata(args, state, request, checkpoint), world_size=world_size,
                     save_only_model=bool(getattr(args, "save_only_model", False)),
-                    needs_config=_has_config(kwargs.get("model")), checksum=False)
+                    needs_config=_has_config(kwargs.get("model")), checksum=False,
+                    ranks=list(layout.ranks_here) if layout is not None and layout.per_node_disks else None)
                 self._invalidated.pop(checkpoint.name, None)
+                marked = True
                 if marker.get("name"):
                     logger.warning(f"Saved {checkpoint} as {marker['name']!r} ({marker['reason']}, pinned).")
-                # Checksums in the background (training goes on), then the mirror copy, which carries them.
-                self._checksums.submit(checkpoint, then=self.mirror.push_in_background if self.mirror else None)
-                self._rotate(args, state)
             except IncompleteCheckpointError as error:
                 logger.warning(f"CheckpointManagerCallback: {error}; it is not marked complete and a resume will "
                                "skip it.")
             except OSError as error:
                 logger.warning(f"CheckpointManagerCallback: could not finish {checkpoint} ({error}).")
+        complete_everywhere = self._complete_on_every_node(args, state) if layout and layout.views_differ else None
+        if marked:
+            try:
+                # Checksums in the background (training goes on), then the mirror copy, which carries them.
+                self._checksums.submit(checkpoint, then=self.mirror.push_in_background if self.mirror else None)
+                self._rotate(args, state, complete_everywhere)
+            except OSError as error:
+                logger.warning(f"CheckpointManagerCallback: could not finish {checkpoint} ({error}).")
         barrier()  # no rank goes on (or exits) before the marker and the rotation are done
+
+    def _complete_on_every_node(self, args, state) -> set[int]:
+        """The steps whose part is complete on every node (one gather), recorded in this step's checkpoint on each
+        node (`hf_trainkit_nodes.json`, which `hf-trainkit checkpoints list` shows)."""
+        from ..checkpointing.nodes import complete_on_every_node, gather_node_views, write_nodes_record
+        from ..checkpointing.resume import node_view
+
+        layout = self.node_layout
+        views = gather_node_views(node_view(args.output_dir) if args.should_save else None, layout,
+                                  args.should_save)
+        views = [view or {} for view in views]
+        if args.should_save:
+            write_nodes_record(checkpoint_dir(args.output_dir, state.global_step), views, state.global_step)
+        return complete_on_every_node(views)
 
     def _metadata(self, args, state, request: SaveRequest | None, checkpoint: Path) -> dict:
         world_size = max(getattr(args, "world_size", 1), 1)
@@ -188,10 +225,16 @@ class CheckpointManagerCallback(TrainerCallback):
             metadata.update(request.extra)
         if self.marker_fields is not None:
             metadata.update(self.marker_fields(args, state))
+        if self.node_layout is not None:
+            metadata.update(self.node_layout.marker_fields())
         return metadata
 
-    def _rotate(self, args, state):
+    def _rotate(self, args, state, complete_everywhere: set[int] | None = None):
         checkpoints = list_checkpoints(args.output_dir)
+        if complete_everywhere is not None:  # a disk per node: a step counts only once every node holds its part
+            checkpoints = [c if not c.valid or c.step in complete_everywhere
+                           else dataclasses.replace(c, valid=False, reason="not complete on every node")
+                           for c in checkpoints]
         protected = set(self.protected) | pinned_names(checkpoints) | set(self._checksums.pending)
         if self.mirror is not None:
             protected |= set(self.mirror.pending)

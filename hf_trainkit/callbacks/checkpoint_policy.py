@@ -69,7 +69,7 @@ class CheckpointPolicyCallback(CallbackGroup):
     def __init__(self, monitor: str | None = None, mode: str | None = None, save_top_k: int | None = None,
                  save_on_improvement: bool = False, min_delta: float = 0.0, relative_delta: bool = False,
                  smoothing: float | None = None, strict: bool = True, save_total_limit: int | None = None,
-                 protected: list[str] | None = None, mirror=None, handle_signals: bool = True):
+                 protected: list[str] | None = None, mirror=None, handle_signals: bool = True, node_layout=None):
         if monitor is None and (save_top_k is not None or save_on_improvement):
             raise ValueError("CheckpointPolicyCallback: save_top_k and save_on_improvement need a monitor (a logged "
                              "key such as 'eval_loss' or 'reward').")
@@ -95,7 +95,8 @@ class CheckpointPolicyCallback(CallbackGroup):
         self._restored = True
         self.manager = CheckpointManagerCallback(
             save_total_limit=save_total_limit, protected=protected, mirror=mirror,
-            keep_rule=self.checkpoints_to_delete if save_top_k is not None else None, marker_fields=self.marker_fields)
+            keep_rule=self.checkpoints_to_delete if save_top_k is not None else None, marker_fields=self.marker_fields,
+            node_layout=node_layout)
         super().__init__(ResumeChecksCallback(mirror=mirror), self.manager,
                          LiveControlCallback(watch_requests=False) if handle_signals else None)
 

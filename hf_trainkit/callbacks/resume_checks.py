@@ -57,7 +57,7 @@ class ResumeChecksCallback(TrainerCallback):
         if self._checked:
             return
         self._checked = True
-        if state.is_world_process_zero and saving_enabled(args):
+        if args.should_save and saving_enabled(args):  # each node's own disk, with save_on_each_node
             self._set_aside_other_timelines(args, state)
         barrier()  # no rank saves before the folders are out of the way
         if state.global_step > 0:

@@ -85,14 +85,44 @@ def checkpoints_command(args) -> int:
     if args.json:
         print(json.dumps([{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"),
                            "pinned": bool(i.marker.get("pinned")), "reason": i.marker.get("reason"), "metrics": i.metrics,
-                           "size_bytes": i.size_bytes, "valid": i.valid, "why_not": i.reason or None}
+                           "size_bytes": i.size_bytes, "valid": i.valid, "why_not": i.reason or None,
+                           "node": i.marker.get("node"), "nodes": nodes_record(i.path)}
                           for i in infos], indent=2, default=str))
         return 0
-    print(f"{'step':>8}  {'checkpoint':<22} {'name':<16} {'reason':<9} {'metrics':<34} {'size':>9}  valid")
+    per_node = any(isinstance(i.marker.get("node"), dict) for i in infos)
+    if per_node:
+        print(f"{args.output_dir} was written with a disk per node: each row is this node's part; 'nodes' says which "
+              "nodes held their part complete right after the save.")
+    print(f"{'step':>8}  {'checkpoint':<22} {'name':<16} {'reason':<9} {'metrics':<34} {'size':>9}  "
+          f"{'nodes  ' if per_node else ''}valid")
     for info in infos:
         validity = "yes" if info.valid else f"no: {info.reason}"
+        if per_node:
+            validity = f"{node_text(info):<6} {validity}"
         name = str(info.marker.get("name") or "-")
         print(f"{info.step if info.step is not None else '-':>8}  {info.name[:22]:<22} {name[:16]:<16} "
               f"{str(info.marker.get('reason') or '-'):<9} {_metrics_text(info.metrics)[:34]:<34} "
               f"{_size(info.size_bytes):>9}  {validity}")
     return 0
+
+
+def nodes_record(checkpoint: Path) -> dict | None:
+    """What a node's part of a checkpoint recorded about every node's part (`hf_trainkit_nodes.json`), or None."""
+    from .nodes import NODES_RECORD
+
+    try:
+        record = json.loads((Path(checkpoint) / NODES_RECORD).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("nodes"), list) else None
+
+
+def node_text(info) -> str:
+    """'n0 2/2': whose part this folder is (node 0) and how many nodes held theirs complete after the save."""
+    node = info.marker.get("node")
+    whose = f"n{node.get('rank')}" if isinstance(node, dict) else "-"
+    record = nodes_record(info.path)
+    if record is None:
+        return f"{whose} ?"
+    nodes = [n for n in record["nodes"] if isinstance(n, dict)]
+    return f"{whose} {sum(bool(n.get('complete')) for n in nodes)}/{len(nodes)}"

@@ -48,19 +48,23 @@ def list_checkpoints(output_dir: str | os.PathLike, include_strays: bool = False
     return infos
 
 
-def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True, verify: bool = True) -> str | None:
+def find_resume_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True, verify: bool = True,
+                           steps=None) -> str | None:
     """Path of the newest *valid* checkpoint in `output_dir` (by step, never by mtime), or None.
 
     Inspects from the newest down and stops at the first valid one, so a dir with thousands of checkpoints costs
     a few file reads plus, with `verify` (the default), one read of the chosen checkpoint's bytes: the checksums
     its marker recorded and a load of its torch pickles, so a checkpoint corrupted after its save (or one that
     cannot be loaded) is skipped like an incomplete one. Invalid checkpoints newer than it are skipped with a
-    one-line warning saying why. Nothing is deleted.
+    one-line warning saying why. Nothing is deleted. `steps` limits the choice to those steps (the ones complete on
+    every node, with a disk per node).
     """
     root = Path(output_dir)
     if not root.is_dir():
         return None
-    for _, path in reversed(_candidates(root)):
+    for step, path in reversed(_candidates(root)):
+        if steps is not None and step not in steps:
+            continue
         info = inspect_checkpoint(path, verify=verify)
         if info.valid:
             return str(info.path)

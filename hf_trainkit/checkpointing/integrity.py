@@ -62,13 +62,14 @@ def _weights(files: set[str]) -> list[str]:
 
 
 def required_files(root: str | os.PathLike, files: set[str], *, world_size: int = 1, save_only_model: bool = False,
-                   needs_config: bool = True) -> tuple[list[str], list[str]]:
+                   needs_config: bool = True, ranks: list[int] | None = None) -> tuple[list[str], list[str]]:
     """(files a resume from this save needs, what is missing) for the relative paths `files` of a checkpoint.
 
     Needed: `trainer_state.json`; the weights (a full model, an adapter, a sharded index with every shard, or
     DeepSpeed's model states); the model's config next to them (`needs_config`: False for a bare `nn.Module`, which
     has none); unless `save_only_model`: the optimizer and scheduler (DeepSpeed: one optimizer shard per rank)
-    and one RNG state per rank.
+    and one RNG state per rank. `ranks`: the ranks whose files this folder holds (one node's part, with a disk per
+    node); default all `world_size` of them.
     """
     required, missing = ["trainer_state.json"], []
     if "trainer_state.json" not in files:
@@ -93,12 +94,14 @@ def required_files(root: str | os.PathLike, files: set[str], *, world_size: int 
         deepspeed = "latest" in files
         if deepspeed:
             shards = sorted(name for name in files if _DEEPSPEED_OPTIMIZER_SHARD.search(name))
-            if len(shards) < world_size:
-                missing.append(f"DeepSpeed optimizer shards ({len(shards)} of {world_size})")
+            expected = len(ranks) if ranks is not None else world_size
+            if len(shards) < expected:
+                missing.append(f"DeepSpeed optimizer shards ({len(shards)} of {expected})")
             required += ["latest", *shards]
         else:
             required += ["optimizer.pt", "scheduler.pt"]
-        required += ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+        required += ["rng_state.pth"] if world_size == 1 else [
+            f"rng_state_{rank}.pth" for rank in (ranks if ranks is not None else range(world_size))]
     missing += [name for name in required if name not in files and name not in missing
                 and name != "trainer_state.json"]
     return required, missing

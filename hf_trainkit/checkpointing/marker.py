@@ -31,9 +31,11 @@ class IncompleteCheckpointError(RuntimeError):
 
 
 def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict, *, world_size: int = 1,
-                          save_only_model: bool = False, needs_config: bool = True, checksum: bool = True) -> dict:
+                          save_only_model: bool = False, needs_config: bool = True, checksum: bool = True,
+                          ranks: list[int] | None = None) -> dict:
     """List every file of `checkpoint` with its size and checksum, check that the files a resume needs are there
-    (see `integrity.required_files`), add `metadata`, and write the marker last.
+    (see `integrity.required_files`), add `metadata`, and write the marker last. `ranks`: the ranks whose files
+    this folder holds, when it is one node's part of the checkpoint (a disk per node).
 
     Raises:
         IncompleteCheckpointError: a needed file is missing; the checkpoint stays without a marker (invalid).
@@ -46,7 +48,7 @@ def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict, *, worl
         and f.name != STALE_MARKER
     }
     required, missing = required_files(root, set(files), world_size=world_size, save_only_model=save_only_model,
-                                       needs_config=needs_config)
+                                       needs_config=needs_config, ranks=ranks)
     if missing:
         raise IncompleteCheckpointError(f"{root.name} lacks {', '.join(missing)}")
     marker = {"format": 2, "written_at": time.time(), **metadata, "required": required, "files": files}
@@ -55,6 +57,17 @@ def write_complete_marker(checkpoint: str | os.PathLike, metadata: dict, *, worl
         marker["checksums"] = checksums(root, list(files))
     write_json_atomically(root / COMPLETE_MARKER, marker)
     return marker
+
+
+def write_deepspeed_latest(checkpoint: str | os.PathLike) -> bool:
+    """Write DeepSpeed's `latest` (the tag of the one `global_step*` folder) where it is missing: DeepSpeed writes it
+    on the global rank 0 only, and a node with its own disk cannot load its shards without it. Whether written."""
+    root = Path(checkpoint)
+    tags = [p.name for p in root.glob("global_step*") if p.is_dir()]
+    if (root / "latest").exists() or len(tags) != 1:
+        return False
+    (root / "latest").write_text(tags[0])
+    return True
 
 
 def invalidate_marker(checkpoint: str | os.PathLike) -> dict:

@@ -37,6 +37,11 @@ class CheckpointMirror:
         self._copies = BackgroundWorker(self._push_if_there, self._report_failed_copy, name="checkpoint-mirror")
         self.errors: list[str] = []
 
+    def for_node(self, node: int) -> "CheckpointMirror":
+        """The mirror of one node's part of each checkpoint, under `URL/node-<node>/` (a disk per node: each node
+        copies and pulls its own part)."""
+        return CheckpointMirror(f"{self.url.rstrip('/')}/node-{node}", save_total_limit=self.save_total_limit)
+
     # --- reading the mirror -----------------------------------------------------------------------------------------
 
     def complete_steps(self) -> list[int]:

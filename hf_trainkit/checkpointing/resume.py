@@ -13,13 +13,14 @@ from ..argparsing import UsageError
 from ..constants import TRAINING_COMPLETE
 
 
-def resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
-    """(already finished, checkpoint to resume from) for `options.output_dir`.
+def resume_point(options: argparse.Namespace, config, steps=None) -> tuple[bool, str | None]:
+    """(already finished, checkpoint to resume from) for `options.output_dir`; `steps`: resume only from one of
+    these (the steps complete on every node, when each node has its own disk).
 
     Raises `SetAsideError` (one line) when a checkpoint folder newer than the starting point cannot be moved aside:
     a save of this run would collide with it, so the run stops before training rather than at that save.
     """
-    finished, checkpoint = _resume_point(options, config)
+    finished, checkpoint = _resume_point(options, config, steps)
     if not finished and options.output_dir:
         from .save_request import saving_enabled
         from .set_aside import check_nothing_in_the_way
@@ -30,14 +31,14 @@ def resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]
     return finished, checkpoint
 
 
-def _resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
+def _resume_point(options: argparse.Namespace, config, steps=None) -> tuple[bool, str | None]:
     from . import find_resume_checkpoint, read_training_complete
     from .control import checkpoint_names
 
     if options.no_resume:
         return False, None
     if options.resume_from_checkpoint == "latest":
-        return False, find_resume_checkpoint(options.output_dir)
+        return False, find_resume_checkpoint(options.output_dir, steps=steps)
     if options.resume_from_checkpoint is not None:
         named = checkpoint_names(options.output_dir).get(options.resume_from_checkpoint) \
             if os.sep not in options.resume_from_checkpoint else None
@@ -50,8 +51,8 @@ def _resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None
     record = read_training_complete(options.output_dir)
     if record and record.get("max_steps") == config.max_steps and (
             config.max_steps > 0 or record.get("num_train_epochs") == config.num_train_epochs):
-        return finished_or_finish(options.output_dir, record)
-    checkpoint = find_resume_checkpoint(options.output_dir)
+        return finished_or_finish(options.output_dir, record, steps)
+    checkpoint = find_resume_checkpoint(options.output_dir, steps=steps)
     end = _last_step_state(checkpoint, config) if checkpoint else None
     if end is not None:
         # Killed after the checkpoint of the last step, before the final save: nothing is left to train (and a
@@ -99,7 +100,7 @@ def _finish_from(output_dir: str, checkpoint: str, said: str, fields: dict) -> b
     return True
 
 
-def finished_or_finish(output_dir: str, record: dict) -> tuple[bool, str | None]:
+def finished_or_finish(output_dir: str, record: dict, steps=None) -> tuple[bool, str | None]:
     """(True, None) when what the completion record vouches for (the final state and weights) is there and intact.
     Otherwise the job is finished, saying how: the final weights and state written from the checkpoint of the
     final step (no training), or a resume from the newest valid checkpoint that trains the missing steps, or
@@ -113,7 +114,7 @@ def finished_or_finish(output_dir: str, record: dict) -> tuple[bool, str | None]
     final_step = record.get("global_step")
     said = (f"{os.path.join(output_dir, TRAINING_COMPLETE)} says the run finished at step {final_step}, but "
             f"{problem}")
-    checkpoint = find_resume_checkpoint(output_dir)
+    checkpoint = find_resume_checkpoint(output_dir, steps=steps)
     if checkpoint and step_of(checkpoint) == final_step:
         fields = {key: record[key] for key in ("global_step", "max_steps", "num_train_epochs") if key in record}
         if _finish_from(output_dir, checkpoint, said, fields):
@@ -128,17 +129,23 @@ def finished_or_finish(output_dir: str, record: dict) -> tuple[bool, str | None]
     print(f"{said}, and no valid checkpoint is left: training again from the start.", flush=True)
     return False, None
 
-def agreed_resume_point(options: argparse.Namespace, config) -> tuple[bool, str | None]:
+def agreed_resume_point(options: argparse.Namespace, config, layout=None, mirror=None) -> tuple[bool, str | None]:
     """`resume_point` decided by the main process and broadcast, so every rank resumes from the same checkpoint
-    (or all stop) even if their views of the disk differ."""
+    (or all stop) even if their views of the disk differ. With a disk per node (`layout.views_differ`), the
+    checkpoint is the newest step complete on every node (`nodes.agreed_resume_step`), a node first pulling its
+    part from `mirror` where it lacks it."""
     if config.world_size == 1:
         return resume_point(options, config)
     from accelerate.utils import broadcast_object_list
 
+    steps = None
+    if layout is not None and layout.views_differ and not options.no_resume \
+            and options.resume_from_checkpoint in (None, "latest"):
+        steps = steps_complete_on_every_node(options.output_dir, config, layout, mirror)
     decision = [None]
     if config.process_index == 0:
         try:
-            decision = [("ok", resume_point(options, config))]
+            decision = [("ok", resume_point(options, config, steps))]
         except UsageError as error:
             decision = [("error", str(error))]
     broadcast_object_list(decision, from_process=0)
@@ -148,11 +155,80 @@ def agreed_resume_point(options: argparse.Namespace, config) -> tuple[bool, str 
     return value
 
 
+def node_view(output_dir: str) -> dict[int, str]:
+    """This node's checkpoints of `output_dir` as `{step: problem}` ('' = its part is complete), without reading
+    every byte (the agreed one is verified after). A part without a completion marker is incomplete: every node's
+    part gets one, so its save did not finish there (transformers' file checks would take it)."""
+    from .discover import list_checkpoints
+
+    return {info.step: info.reason or ("" if info.marker else "no completion marker: its save did not finish")
+            for info in list_checkpoints(output_dir) if info.step is not None}
+
+
+def steps_complete_on_every_node(output_dir: str, config, layout, mirror=None) -> set[int]:
+    """{the newest step every node can resume from} (empty: none, start from scratch). Collective.
+
+    Each node's writing process reports its view (and its mirror's complete steps); the agreed step's part is
+    pulled from the mirror where a node lacks it, then verified byte for byte on every node; a part that fails is
+    taken out of that node's view and the next step is agreed. Raises `UsageError` when some node holds a
+    complete checkpoint but no step is complete on every node (a silent restart from scratch would throw it away):
+    each node prints what it has and lacks.
+    """
+    from ..distributed import barrier
+    from ..constants import checkpoint_dir
+    from .nodes import agreed_resume_step, gather_node_views
+    from .validate import inspect_checkpoint
+
+    writes = config.should_save
+    failed: dict[int, str] = {}
+    while True:
+        report = None
+        if writes:
+            mirrored = set()
+            if mirror is not None:
+                try:
+                    mirrored = set(mirror.complete_steps())
+                except OSError as error:
+                    print(f"Node {layout.node}: checkpoint mirror {mirror.url} unreachable ({error}); using the "
+                          "local checkpoints only.", flush=True)
+            report = ({**node_view(output_dir), **failed}, mirrored - set(failed))
+        views = gather_node_views(report, layout, writes)
+        agreement = agreed_resume_step([v[0] for v in views], [v[1] for v in views])
+        if agreement.missing:
+            if writes:
+                print(f"Cannot resume {output_dir}: {agreement.missing[layout.node]}.", file=sys.stderr, flush=True)
+            barrier()
+            raise UsageError(f"no checkpoint of {output_dir} is complete on every node ({len(views)} nodes; each "
+                             "said above what it lacks): restore the missing parts, or pass --no-resume to train "
+                             "from scratch.")
+        if agreement.step is None:
+            return set()
+        checkpoint = checkpoint_dir(output_dir, agreement.step)
+        problem = None
+        if writes:
+            try:
+                if layout.node in agreement.pull:
+                    mirror.pull(agreement.step, output_dir)
+                    print(f"Node {layout.node}: pulled its part of {checkpoint.name} from {mirror.url}.", flush=True)
+                problem = inspect_checkpoint(checkpoint, verify=True).reason
+            except OSError as error:
+                problem = f"pulling it from the mirror failed ({error})"
+        problems = gather_node_views(problem, layout, writes)
+        if not any(problems):
+            if config.process_index == 0:
+                for line in agreement.skipped:
+                    print(f"Skipping {line}: resuming from {checkpoint.name}, the newest step complete on every "
+                          "node.", flush=True)
+            return {agreement.step}
+        if problems[layout.node]:
+            failed[agreement.step] = problems[layout.node]
+
+
 def pull_from_mirror(options: argparse.Namespace, config, callbacks: list):
     """Bring the mirror's newest complete checkpoint into --output-dir when it is newer than the local ones."""
     from .mirror import newest_local_step
 
-    mirror = next((cb.mirror for cb in callbacks if getattr(cb, "mirror", None) is not None), None)
+    mirror = checkpoint_mirror(callbacks)
     if mirror is None or options.no_resume:
         return
     with config.main_process_first(local=False, desc="pull from the checkpoint mirror"):
@@ -165,6 +241,11 @@ def pull_from_mirror(options: argparse.Namespace, config, callbacks: list):
             if remote and remote[-1] > newest_local_step(options.output_dir):
                 local = mirror.pull(remote[-1], options.output_dir)
                 print(f"Pulled {local.name} from {mirror.url} (newer than any local checkpoint).")
+
+
+def checkpoint_mirror(callbacks: list):
+    """The `CheckpointMirror` the callbacks copy to (None without one)."""
+    return next((cb.mirror for cb in callbacks if getattr(cb, "mirror", None) is not None), None)
 
 
 NO_FALLBACK = object()

@@ -29,10 +29,16 @@ def deepspeed_tag(checkpoint: str | Path) -> str | None:
 
 
 def saved_world_size(checkpoint: str | Path) -> int | None:
-    """Data-parallel world size a DeepSpeed checkpoint was written with (one optimizer shard per rank)."""
+    """Data-parallel world size a DeepSpeed checkpoint was written with (one optimizer shard per rank; one node's
+    part of it, with a disk per node, holds only its ranks' shards: its marker says the whole)."""
+    from .marker import read_marker
+
     tag = deepspeed_tag(checkpoint)
     if tag is None:
         return None
+    marker = read_marker(checkpoint)
+    if isinstance(marker.get("node"), dict) and isinstance(marker.get("world_size"), int):
+        return marker["world_size"]
     shards = list((Path(checkpoint) / tag).glob("*zero_pp_rank_*_optim_states.pt"))
     return len(shards) or None
 
@@ -74,6 +80,14 @@ def prepare_deepspeed_resume(trainer, checkpoint: str | Path) -> bool:
     now = trainer.args.world_size
     if saved is None or saved == now:
         return False
+    from .marker import read_marker
+
+    node = read_marker(checkpoint).get("node")
+    if isinstance(node, dict):  # one node's part: the shards of the other nodes' ranks are on their disks
+        raise RuntimeError(
+            f"{checkpoint} was written by {saved} processes with a disk per node (this node holds the shards of ranks "
+            f"{node.get('ranks')}); resuming with {now} processes needs every shard in one folder: copy the nodes' "
+            f"{Path(checkpoint).name} folders together onto a shared --output-dir, or resume with {saved} processes.")
     args = trainer.args
     with args.main_process_first(local=False, desc="universal checkpoint conversion"):
         if args.process_index == 0:

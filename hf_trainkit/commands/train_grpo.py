@@ -123,6 +123,10 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(save, "checkpoint-mirror", default=None, metavar="URL",
           help="also keep the checkpoints at this fsspec URL or path (a mounted drive, s3://..., gs://...): copied "
           "in the background, same --save-total-limit, and pulled on start when newer than the local ones")
+    flag(save, "save-on-each-node", action="store_true",
+          help="several machines, each with its own disk at --output-dir: every node writes its part of each "
+          "checkpoint there (its ranks' shards, the trainer state, weights) and a resume takes the newest step "
+          "complete on every node (a shared --output-dir: leave it out; a wrong choice is an error at start)")
     flag(save, "no-resume", action="store_true",
           help="start from scratch even if --output-dir holds checkpoints or a finished run")
 

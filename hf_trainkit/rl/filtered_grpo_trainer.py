@@ -222,3 +222,23 @@ class FilteredGRPOTrainer(GRPOTrainer):
         reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
         model.load_state_dict(reloaded.state_dict(), strict=True)
         del reloaded
+
+    # --- saves on every node -------------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        # transformers 5 writes a model's weights only on global rank 0 once torch.distributed is up, whatever
+        # `is_main_process` says, so with `save_on_each_node` the other nodes' checkpoints and final folders lacked
+        # the weights and config: let each node's first process write them, as the flag promises.
+        if not self.args.save_on_each_node or not self.args.should_save:
+            return super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        models = [m for m in (model, getattr(model, "base_model", None), getattr(model, "model", None))
+                  if m is not None and hasattr(m, "should_save_on_this_rank")]
+        for each in models:
+            each.should_save_on_this_rank = lambda is_main_process: is_main_process
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            for each in models:
+                if "should_save_on_this_rank" in vars(each):
+                    del each.should_save_on_this_rank

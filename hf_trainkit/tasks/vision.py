@@ -164,12 +164,12 @@ def tiny_vlm_recipe(seed: int) -> dict:
 
 def ensure_tiny_vlm(directory: str, recipe: dict) -> str:
     """`directory` holding the tiny VLM of `recipe` and its processor, built and saved unless already there."""
-    from .saved import ensure_saved
+    from .saved import ensure_saved, save_model_here
 
     def save(folder: str) -> None:
         processor = build_tiny_vlm_processor(recipe["image_size"])
-        build_tiny_vlm(processor, hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"],
-                       seed=recipe["seed"]).save_pretrained(folder)
+        save_model_here(build_tiny_vlm(processor, hidden_size=recipe["hidden_size"], num_layers=recipe["num_layers"],
+                                       seed=recipe["seed"]), folder)
         save_processor(processor, folder)
 
     return ensure_saved(directory, recipe, save)

@@ -20,7 +20,8 @@ def _as_flags(message: str) -> str:
     return message
 
 
-def build_callbacks(options: argparse.Namespace) -> list:
+def build_callbacks(options: argparse.Namespace, node_layout=None) -> list:
+    """The callbacks `options` ask for; `node_layout` (a multi-node job) gives a disk per node its own mirror."""
     from ..callbacks import (CheckpointPolicyCallback, LiveControlCallback, LiveLogCallback, LossCurveCallback,
                              MetricEarlyStoppingCallback, TrainingDiagnosticsCallback, WandbEveryNCallback)
     from ..metric_rules import default_mode
@@ -33,13 +34,15 @@ def build_callbacks(options: argparse.Namespace) -> list:
             mirror = CheckpointMirror(options.checkpoint_mirror, save_total_limit=options.save_total_limit)
         except (ImportError, ValueError, OSError) as error:
             raise UsageError(f"--checkpoint-mirror {options.checkpoint_mirror}: {error}") from None
+        if node_layout is not None and node_layout.views_differ:
+            mirror = mirror.for_node(node_layout.node)
     min_delta, relative_delta = options.save_min_delta
     try:
         callbacks = [CheckpointPolicyCallback(
             monitor=options.checkpoint_metric, mode=options.checkpoint_mode, save_top_k=options.save_top_k,
             save_on_improvement=options.save_on_improvement, min_delta=min_delta, relative_delta=relative_delta,
             smoothing=options.checkpoint_smoothing, save_total_limit=options.save_total_limit, mirror=mirror,
-            handle_signals=False)]  # the LiveControlCallback below handles them, in the same all-reduce as requests
+            handle_signals=False, node_layout=node_layout)]  # the LiveControlCallback below handles them, in the same all-reduce as requests
     except ValueError as error:
         raise UsageError(_as_flags(str(error))) from None
     if options.control_port is not None and not 0 <= options.control_port <= 65535:

@@ -155,15 +155,16 @@ def toy_base_model_dir(options: argparse.Namespace) -> str:
 
 
 def prepare_base_model(options: argparse.Namespace, config):
-    """Build and save the toy base model (main process, once; the others wait and load it from disk) and record
-    what the run is trained from in OUTPUT_DIR/hf_trainkit_run.json, for `hf-trainkit eval`."""
+    """Build and save the toy base model (the main process, once; the others wait and load it from disk; with a disk
+    per node, each node's first process) and record what the run is trained from in OUTPUT_DIR/hf_trainkit_run.json,
+    for `hf-trainkit eval`."""
     import json
 
     from ..constants import RUN_RECORD
     from ..toy import ensure_toy_base_model
 
-    with config.main_process_first(local=False, desc="build the toy base model"):
-        if config.process_index != 0:
+    with config.main_process_first(local=config.save_on_each_node, desc="build the toy base model"):
+        if not config.should_save:
             return
         os.makedirs(options.output_dir, exist_ok=True)
         recipe = None

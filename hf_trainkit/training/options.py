@@ -169,6 +169,7 @@ def build_config(options: argparse.Namespace):
         report_to=[r for r in options.report_to if r not in ("none", "wandb")],
         restore_callback_states_from_checkpoint=True,
         run_name=options.run_name,
+        save_on_each_node=options.save_on_each_node,
         log_mode_summary=not options.quiet,
         **extra,
     )

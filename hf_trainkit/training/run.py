@@ -7,8 +7,8 @@ import argparse
 import os
 
 from ..argparsing import UsageError
-from ..checkpointing.resume import (NO_FALLBACK, agreed_resume_point, fallback_after_failed_load,
-                                    pull_from_mirror)
+from ..checkpointing.resume import (NO_FALLBACK, agreed_resume_point, checkpoint_mirror,
+                                    fallback_after_failed_load, pull_from_mirror)
 from .callbacks import build_callbacks
 from .inputs import (build_model_and_tokenizer, build_peft_config, has_images, load_eval_dataset, load_train_dataset,
                      prepare_base_model)
@@ -41,7 +41,8 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
         raise UsageError(str(error)) from None
     if config.process_index == 0 and options.defaults_used:
         print(describe_defaults(options), flush=True)
-    callbacks = build_callbacks(options) + extra_callbacks
+    layout = node_layout(options, config)
+    callbacks = build_callbacks(options, layout) + extra_callbacks
     if options.dashboard is not None and config.process_index == 0:
         if not 0 <= options.dashboard <= 65535:
             raise UsageError(f"--dashboard {options.dashboard}: use a port 0-65535 (0 picks a free one).")
@@ -50,8 +51,9 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
         url = start_dashboard_in_background(options.output_dir, options.dashboard)
         if url:
             print(f"Dashboard: {url}", flush=True)
-    pull_from_mirror(options, config, callbacks)
-    finished, checkpoint = agreed_resume_point(options, config)
+    if not layout.views_differ:  # with a disk per node, each node pulls its own part in agreed_resume_point
+        pull_from_mirror(options, config, callbacks)
+    finished, checkpoint = agreed_resume_point(options, config, layout, checkpoint_mirror(callbacks))
     if finished:
         print(f"{options.output_dir} already holds a finished run (training_complete.json): nothing to train. "
               "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
@@ -60,11 +62,29 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
 
     # The main process keeps what it prints from here on in OUTPUT_DIR/logs/train.log.
     with console_log(options.output_dir, enabled=config.process_index == 0 and not options.no_run_log):
-        return _train(options, config, reward_funcs, callbacks, checkpoint, extra_callbacks)
+        return _train(options, config, reward_funcs, callbacks, checkpoint, extra_callbacks, layout)
+
+
+def node_layout(options: argparse.Namespace, config):
+    """The job's nodes (one collective when several processes run), after checking that `--output-dir` is shared
+    between the nodes, or each node's own with --save-on-each-node, as asked."""
+    from ..checkpointing.nodes import NodeLayout, check_disk_layout, current_layout
+
+    if config.world_size == 1:
+        return NodeLayout(per_node_disks=config.save_on_each_node)
+    layout = current_layout(config.save_on_each_node)
+    problem = check_disk_layout(options.output_dir, layout, writes_here=config.local_process_index == 0)
+    if problem:
+        raise UsageError(problem)
+    if config.process_index == 0 and layout.num_nodes > 1:
+        disks = "a disk per node (--save-on-each-node)" if layout.per_node_disks else "one shared --output-dir"
+        print(f"{layout.num_nodes} nodes ({', '.join(str(len(r)) for r in layout.ranks)} processes), {disks}.",
+              flush=True)
+    return layout
 
 
 def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: list, checkpoint: str | None,
-           extra_callbacks: list):
+           extra_callbacks: list, layout):
     from transformers import PreTrainedTokenizerBase
 
     from ..rl.filtered_grpo_trainer import FilteredGRPOTrainer
@@ -115,8 +135,11 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
                 raise
             tried.append(checkpoint)
             checkpoint = older
-            callbacks = build_callbacks(options) + extra_callbacks
+            layout = node_layout(options, config)
+    callbacks = build_callbacks(options, layout) + extra_callbacks
     trainer.save_state()
+    if trainer.args.should_save and not trainer.is_world_process_zero():  # a disk per node: each keeps its copy
+        trainer.state.save_to_json(os.path.join(options.output_dir, "trainer_state.json"))
     stopper = stopping_callback(trainer)
     if stopper is None:
         # The trained weights (or adapter) at the top of the output dir, as `trainer.save_model()` puts them, even

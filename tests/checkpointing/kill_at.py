@@ -7,6 +7,8 @@ no handler, no cleanup) at POINT near the end of training, so that a test can la
     final-save       the final save cut short: trainer_state.json and config written, model.safetensors left at
                      half its bytes, as a kill in the middle of writing it leaves it
     after-record     everything written, training_complete.json last; killed before the process exits
+    mid-save:STEP    the save of step STEP cut short on the node that KILL_NODE names (torchrun's GROUP_RANK; the
+                     only node by default): its files are written, its completion marker is not
 """
 
 import os
@@ -41,6 +43,17 @@ class KillAt(TrainerCallback):
 
 def main():
     point, argv = sys.argv[1], sys.argv[2:]
+    if point.startswith("mid-save:"):
+        from hf_trainkit.rl.filtered_grpo_trainer import FilteredGRPOTrainer
+
+        step, save_checkpoint = int(point.split(":")[1]), FilteredGRPOTrainer._save_checkpoint
+
+        def killed_after_files(self, *args, **kwargs):
+            save_checkpoint(self, *args, **kwargs)
+            if self.state.global_step == step and os.environ.get("GROUP_RANK", "0") == os.environ.get("KILL_NODE", "0"):
+                die()
+
+        FilteredGRPOTrainer._save_checkpoint = killed_after_files
     if point == "final-save":
         from hf_trainkit.rl.filtered_grpo_trainer import FilteredGRPOTrainer
 
