@@ -3,7 +3,6 @@ training-complete record."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -18,7 +17,7 @@ from ..checkpointing.finished import write_training_complete
 from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker, read_marker,
                                     write_complete_marker, write_deepspeed_latest)
 from ..checkpointing.policy import pinned_names
-from ..checkpointing.rotate import checkpoints_to_delete
+from ..checkpointing.rotate import checkpoints_to_delete, counting_only_complete_everywhere
 from ..checkpointing.save_request import REASONS, SaveRequest, pop_save_request, was_preempted
 from ..constants import COMPLETE_MARKER, STALE_MARKER, TRAINING_COMPLETE, checkpoint_dir
 from ..distributed import barrier
@@ -231,10 +230,8 @@ class CheckpointManagerCallback(TrainerCallback):
 
     def _rotate(self, args, state, complete_everywhere: set[int] | None = None):
         checkpoints = list_checkpoints(args.output_dir)
-        if complete_everywhere is not None:  # a disk per node: a step counts only once every node holds its part
-            checkpoints = [c if not c.valid or c.step in complete_everywhere
-                           else dataclasses.replace(c, valid=False, reason="not complete on every node")
-                           for c in checkpoints]
+        if complete_everywhere is not None:
+            checkpoints = counting_only_complete_everywhere(checkpoints, complete_everywhere)
         protected = set(self.protected) | pinned_names(checkpoints) | set(self._checksums.pending)
         if self.mirror is not None:
             protected |= set(self.mirror.pending)

@@ -33,3 +33,13 @@ def checkpoints_to_delete(checkpoints: list[CheckpointInfo], save_total_limit: i
     room = max(save_total_limit - len(kept), 0)
     deletions += others[room:]
     return sorted(deletions, key=lambda c: c.step)
+
+
+def counting_only_complete_everywhere(checkpoints: list[CheckpointInfo], complete_everywhere: set[int]
+                                      ) -> list[CheckpointInfo]:
+    """With a disk per node: a checkpoint counts as valid for rotation only once every node holds its part complete,
+    so `checkpoints_to_delete` deletes a step only when every node has a newer complete one."""
+    import dataclasses
+
+    return [c if not c.valid or c.step in complete_everywhere
+            else dataclasses.replace(c, valid=False, reason="not complete on every node") for c in checkpoints]
