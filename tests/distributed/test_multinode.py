@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,14 +73,21 @@ class Nodes:
     def disk(self, node: int) -> Path:
         return self.disks[node] if self.disks else self.output_dir
 
-    def run(self, *argv, processes_per_node=1, script=(TRAIN,), env=None, timeout=420):
-        """Both nodes, started together; [(returncode, output)] per node."""
+    def start(self, *argv, processes_per_node=1, script=(TRAIN,), env=None) -> list[subprocess.Popen]:
+        """Both nodes, started together (each `Popen` is the node's launcher, after unshare and sh exec into it)."""
         port = next(_ports)
-        processes = [subprocess.Popen(
+        return [subprocess.Popen(
             node_command(rank, port, self.output_dir, argv, self.disks[rank] if self.disks else None,
                          processes_per_node, script),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**ENV, **(env or {})},
             start_new_session=True) for rank in range(2)]
+
+    def run(self, *argv, processes_per_node=1, script=(TRAIN,), env=None, timeout=420):
+        """Both nodes, started together; [(returncode, output)] per node."""
+        return self.wait(self.start(*argv, processes_per_node=processes_per_node, script=script, env=env), timeout)
+
+    @staticmethod
+    def wait(processes, timeout=420):
         results = []
         deadline = time.time() + timeout
         for process in processes:
@@ -206,7 +214,7 @@ def test_kill_9_of_one_node_mid_save_then_both_rerun_is_exact(tmp_path, referenc
     results = nodes.run("--save-on-each-node", "--max-steps", 6, "--save-steps", 2, script=(KILL_AT, "mid-save:4"),
                         env={"KILL_NODE": "1"})
     assert results[0][0] != 0 and results[1][0] != 0, "the other node stops too"
-    assert (nodes.disk(1) / "checkpoint-4" / "latest").exists()  # its files were written ...
+    assert (nodes.disk(1) / "checkpoint-4" / "rng_state_1.pth").exists()  # its files were written ...
     assert not (nodes.disk(1) / "checkpoint-4" / "hf_trainkit_complete.json").exists()  # ... but not its marker
     outputs = succeeded(nodes.run("--save-on-each-node", "--max-steps", 6, "--save-steps", 2))
     assert f"Resuming from {nodes.output_dir / 'checkpoint-2'}" in outputs[0]
@@ -228,6 +236,31 @@ def test_a_wiped_node_pulls_its_part_from_the_mirror_and_resumes_exactly(tmp_pat
     assert f"Resuming from {nodes.output_dir / 'checkpoint-4'}" in outputs[0]
     assert curves(nodes.disk(0)) == curves(reference.disk(0))
     assert list_checkpoints(nodes.disk(1))[-1].valid
+
+
+@per_node_disks
+@pytest.mark.slow
+def test_sigterm_on_one_node_saves_and_stops_both_at_the_same_step(tmp_path):
+    nodes = Nodes(tmp_path, per_node=True)
+    processes = nodes.start("--save-on-each-node", "--max-steps", 5000, "--save-steps", 100000, "--quiet")
+    deadline = time.time() + 300
+    while not (nodes.disk(0) / "control" / "status.json").exists():  # node 0 is training
+        assert processes[0].poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    time.sleep(1)
+    processes[1].send_signal(signal.SIGTERM)  # node 1's launcher only, which forwards it to its worker
+    results = Nodes.wait(processes, timeout=120)
+    # Exit 128 + SIGTERM after a clean save, as a scheduler expects (the launchers report that as a failed worker).
+    assert all(code != 0 and "killed at the timeout" not in output for code, output in results), results
+    assert "exitcode  : 143" in results[0][1] and "Stopped by SIGTERM after saving step" in results[0][1]
+    steps = []
+    for node in (0, 1):
+        infos = list_checkpoints(nodes.disk(node))
+        assert len(infos) == 1 and infos[0].valid and infos[0].marker["reason"] == "preempt", infos
+        assert json.loads((infos[0].path / "hf_trainkit_nodes.json").read_text())["nodes"] == [
+            {"node": 0, "complete": True, "problem": None}, {"node": 1, "complete": True, "problem": None}]
+        steps.append(infos[0].step)
+    assert steps[0] == steps[1]
 
 
 @pytest.mark.slow
