@@ -149,8 +149,10 @@ def wipe(disk: Path):
 def test_per_node_disks_train_rotate_and_resume_exactly(tmp_path, reference):
     nodes = Nodes(tmp_path, per_node=True)
     outputs = succeeded(nodes.run("--save-on-each-node", "--max-steps", 6, "--save-steps", 2,
-                                  "--save-total-limit", 2))
+                                  "--save-total-limit", 2, "--report-to", "wandb"))
     assert "2 nodes (1, 1 processes), a disk per node (--save-on-each-node)." in outputs[0]
+    # W&B (offline) from the main process only, on its node's disk.
+    assert list((nodes.disk(0) / "wandb").glob("offline-run-*")) and not (nodes.disk(1) / "wandb").exists()
     for node in (0, 1):
         infos = list_checkpoints(nodes.disk(node))
         # Rotation ran on each node once both held a newer step complete.
