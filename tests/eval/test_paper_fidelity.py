@@ -25,6 +25,7 @@ CLAIMS = [
     "PSR lowers pass@256 below the base",
     "NSR keeps pass@k at or above the base at every k = 1 ... 256",
     "NSR keeps the entropy at or above the base",
+    "W-REINFORCE keeps pass@k at or above the base at every k = 1 ... 256",
     "W-REINFORCE is at or above the best other model at every k = 1 ... 256",
     "PSR falls below the base from some k on (the crossover k)",
 ]
