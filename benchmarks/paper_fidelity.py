@@ -174,8 +174,9 @@ def _distill(options) -> dict:
 def runs_of(options) -> list[dict]:
     """What to train for each seed: a name, a mode and the settings that differ from the options."""
     if options.sweep == "lambda":
-        return [{"name": f"W-REINFORCE lambda={w:g}", "mode": "w-reinforce", "positive_weight": w}
-                for w in LAMBDA_SWEEP]
+        # lambda = 0 is NSR, which the config asks to be named so.
+        return [{"name": f"W-REINFORCE lambda={w:g}", "mode": "w-reinforce", "positive_weight": w} if w > 0
+                else {"name": "NSR (lambda=0)", "mode": "nsr"} for w in LAMBDA_SWEEP]
     if options.sweep == "lr":
         return [{"name": f"{LABELS[mode]} lr={options.learning_rate * f:.2g}", "mode": mode,
                  "learning_rate": options.learning_rate * f}
