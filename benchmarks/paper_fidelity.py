@@ -320,13 +320,14 @@ def print_report(data: dict, stats: dict, claim_list: list[dict], options, elaps
     names = [run["name"] for run in data["runs"]]
     keys = [f"pass@{k}" for k in options.table_ks] + ["entropy", "coverage"]
     width = max(len(n) for n in ["base", *names]) + 1
+    steps = options.max_steps * (STEPS_SWEEP_FACTOR if options.sweep == "steps" else 1)
     print(f"\nHeld-out prompts: {len(data['base'][0]['entropy'])} (hf_trainkit.tasks.headroom); seeds "
-          f"{options.seeds}; {options.max_steps} steps per run at lr {options.learning_rate:g}; exact pass@k; "
+          f"{options.seeds}; {steps} steps per run at lr {options.learning_rate:g}; exact pass@k; "
           f"means over seeds and prompts, 95% bootstrap interval in brackets ({options.resamples} resamples)\n")
     print(f"{'model':<{width}} " + " ".join(f"{key:>21}" for key in keys))
     for name in ["base", *names]:
         print(f"{name:<{width}} " + " ".join(f"{stats['value'][name][key].format():>21}" for key in keys))
-    print(f"\nDifference from the base (paired by seed and prompt):")
+    print("\nDifference from the base (paired by seed and prompt):")
     print(f"{'model':<{width}} " + " ".join(f"{key:>24}" for key in keys))
     for name in names:
         print(f"{name:<{width}} " + " ".join(f"{stats['difference'][name][key].format(signed=True):>24}"
@@ -373,12 +374,13 @@ def print_steps(data: dict, options, names: list[str]) -> None:
     table = step_table(data, options, names)
     keys = list(next(iter(table.values()))[0][1]) if table else []
     print(f"\nOver training (difference from the base; does PSR's pass@{options.k_max} fall as training goes on?):")
-    print(f"{'model':<14} {'step':>5} " + " ".join(f"{key:>24}" for key in keys))
+    width = max([len(name) for name in table] + [5]) + 1
+    print(f"{'model':<{width}} {'step':>5} " + " ".join(f"{key:>24}" for key in keys))
     for name, rows in table.items():
         for step, row in rows:
             if step == 0:
                 continue
-            print(f"{name:<14} {step:>5} " + " ".join(f"{row[key].format(signed=True):>24}" for key in keys))
+            print(f"{name:<{width}} {step:>5} " + " ".join(f"{row[key].format(signed=True):>24}" for key in keys))
 
 
 def plot(data: dict, stats: dict, options) -> list[str]:
@@ -408,7 +410,7 @@ def plot(data: dict, stats: dict, options) -> list[str]:
     written.append(path)
 
     table = step_table(data, options, [run["name"] for run in data["runs"]])
-    keys = [f"pass@1", f"pass@{options.k_max}"]
+    keys = ["pass@1", f"pass@{options.k_max}"]
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     for index, key in enumerate(keys):
