@@ -111,14 +111,16 @@ def headroom_rows(split: str = "heldout") -> list[dict]:
 
 def build_headroom_dataset(num_prompts: int = 4096, seed: int = 0, split: str = "train") -> Dataset:
     """Rows with ``prompt``, ``family`` and ``variant`` (the columns the reward reads). ``train``: `num_prompts` rows
-    drawn uniformly from the training prompts with `seed`; ``heldout`` and ``all``: each prompt once."""
+    drawn with `seed` from the training prompts, a hard one `TRAIN_HARD_FRACTION` of the time; ``heldout`` and
+    ``all``: each prompt once."""
     from datasets import Dataset
 
     rows = headroom_rows(split)
     if split == "train":
         rng = random.Random(seed)
         by_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in KINDS}
-        rows = [rng.choice(by_kind["hard" if rng.random() < TRAIN_HARD_FRACTION else "easy"]) for _ in range(num_prompts)]
+        rows = [rng.choice(by_kind["hard" if rng.random() < TRAIN_HARD_FRACTION else "easy"])
+                for _ in range(num_prompts)]
     return Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "family": [r["family"] for r in rows],
                               "variant": [r["variant"] for r in rows]})
 

@@ -3,7 +3,6 @@ against the prior's order, the exact pass@k against a binomial sum and against s
 hf_trainkit.eval.evaluate, the base model's answer distribution against the prior it was distilled to."""
 
 import math
-import random
 from collections import Counter
 
 import pytest
