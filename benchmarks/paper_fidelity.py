@@ -390,20 +390,35 @@ def plot(data: dict, stats: dict, options) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from hf_trainkit.eval import intervals
+
     written = []
     ks = np.arange(1, options.k_max + 1)
-    figure = Figure(figsize=(7, 4.5))
+    names = list(stats["curve"])
+    figure = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_subplot(1, 2, 1)
     for name, curve in stats["curve"].items():
-        mean = [e.mean for e in curve]
-        color = _color(name, list(stats["curve"]))
-        axes.plot(ks, mean, label=name, linestyle="--" if name == "base" else "-", color=color)
+        color = _color(name, names)
+        axes.plot(ks, [e.mean for e in curve], label=name, linestyle="--" if name == "base" else "-", color=color)
         axes.fill_between(ks, [e.low for e in curve], [e.high for e in curve], color=color, alpha=0.2)
     axes.set_xscale("log", base=2)
     axes.set_xlabel("k")
     axes.set_ylabel("pass@k")
     axes.set_title(f"Held-out prompts, {len(options.seeds)} seeds, 95% bands")
+    axes.legend()
+    # The paired differences decide the claims: their bands are the ones to read.
+    axes = figure.add_subplot(1, 2, 2)
+    axes.axhline(0.0, color="black", linewidth=0.8, linestyle="--")
+    for name, diff in stats["curve_difference"].items():
+        color = _color(name, names)
+        curve = intervals.estimate_curve(diff, stats["resamples"])
+        axes.plot(ks, [e.mean for e in curve], label=name, color=color)
+        axes.fill_between(ks, [e.low for e in curve], [e.high for e in curve], color=color, alpha=0.2)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("k")
+    axes.set_ylabel("pass@k - base (paired)")
+    axes.set_title("Difference from the base, 95% bands")
     axes.legend()
     path = os.path.join(options.output_dir, "pass_at_k.png")
     figure.savefig(path, dpi=120, bbox_inches="tight")
