@@ -174,8 +174,7 @@ class CheckpointManagerCallback(TrainerCallback):
     def _complete_on_every_node(self, args, state) -> set[int]:
         """The steps whose part is complete on every node (one gather), recorded in this step's checkpoint on each
         node (`hf_trainkit_nodes.json`, which `hf-trainkit checkpoints list` shows)."""
-        from ..checkpointing.nodes import complete_on_every_node, gather_node_views, write_nodes_record
-        from ..checkpointing.resume import node_view
+        from ..checkpointing.nodes import complete_on_every_node, gather_node_views, node_view, write_nodes_record
 
         layout = self.node_layout
         views = gather_node_views(node_view(args.output_dir) if args.should_save else None, layout,

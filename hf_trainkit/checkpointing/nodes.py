@@ -125,6 +125,16 @@ def check_disk_layout(output_dir: str, layout: NodeLayout, writes_here: bool) ->
 
 # --- decisions over every node's view ---------------------------------------------------------------------------------
 
+def node_view(output_dir: str) -> dict[int, str]:
+    """This node's checkpoints of `output_dir` as `{step: problem}` ('' = its part is complete), without reading
+    every byte (the agreed one is verified after). A part without a completion marker is incomplete: every node's
+    part gets one, so its save did not finish there (transformers' file checks would take it)."""
+    from .discover import list_checkpoints
+
+    return {info.step: info.reason or ("" if info.marker else "no completion marker: its save did not finish")
+            for info in list_checkpoints(output_dir) if info.step is not None}
+
+
 def gather_node_views(view, layout: NodeLayout, writes_here: bool) -> list:
     """Every node's `view` (what its writing process passes), indexed by node. Collective."""
     gathered = gather_lists([(layout.node, view if writes_here else None)])

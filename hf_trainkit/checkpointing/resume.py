@@ -155,16 +155,6 @@ def agreed_resume_point(options: argparse.Namespace, config, layout=None, mirror
     return value
 
 
-def node_view(output_dir: str) -> dict[int, str]:
-    """This node's checkpoints of `output_dir` as `{step: problem}` ('' = its part is complete), without reading
-    every byte (the agreed one is verified after). A part without a completion marker is incomplete: every node's
-    part gets one, so its save did not finish there (transformers' file checks would take it)."""
-    from .discover import list_checkpoints
-
-    return {info.step: info.reason or ("" if info.marker else "no completion marker: its save did not finish")
-            for info in list_checkpoints(output_dir) if info.step is not None}
-
-
 def steps_complete_on_every_node(output_dir: str, config, layout, mirror=None) -> set[int]:
     """{the newest step every node can resume from} (empty: none, start from scratch). Collective.
 
@@ -176,7 +166,7 @@ def steps_complete_on_every_node(output_dir: str, config, layout, mirror=None) -
     """
     from ..distributed import barrier
     from ..constants import checkpoint_dir
-    from .nodes import agreed_resume_step, gather_node_views
+    from .nodes import agreed_resume_step, gather_node_views, node_view
     from .validate import inspect_checkpoint
 
     writes = config.should_save
