@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def _distributed():
     import torch.distributed as dist
@@ -113,3 +115,18 @@ def agree_on_max_each(values: list[int]) -> list[int]:
     tensor = torch.tensor(values, dtype=torch.int32, device=_device(dist))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [int(v) for v in tensor.tolist()]
+
+
+@contextlib.contextmanager
+def saving_from_this_rank(*models):
+    """Let `save_pretrained` write from whichever process calls it. transformers 5 writes nothing on a rank other
+    than 0 once torch.distributed is up, whatever `is_main_process` says; with a disk per node, each node's first
+    process must write its own copy."""
+    models = [m for m in models if m is not None and hasattr(m, "should_save_on_this_rank")]
+    for model in models:
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        for model in models:
+            vars(model).pop("should_save_on_this_rank", None)

@@ -231,14 +231,8 @@ class FilteredGRPOTrainer(GRPOTrainer):
         # the weights and config: let each node's first process write them, as the flag promises.
         if not self.args.save_on_each_node or not self.args.should_save:
             return super()._save(output_dir, state_dict)
+        from ..distributed import saving_from_this_rank
+
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        models = [m for m in (model, getattr(model, "base_model", None), getattr(model, "model", None))
-                  if m is not None and hasattr(m, "should_save_on_this_rank")]
-        for each in models:
-            each.should_save_on_this_rank = lambda is_main_process: is_main_process
-        try:
+        with saving_from_this_rank(model, getattr(model, "base_model", None), getattr(model, "model", None)):
             return super()._save(output_dir, state_dict)
-        finally:
-            for each in models:
-                if "should_save_on_this_rank" in vars(each):
-                    del each.should_save_on_this_rank

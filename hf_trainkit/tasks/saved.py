@@ -32,12 +32,10 @@ def ensure_saved(directory: str, recipe: dict, save: Callable[[str], None]) -> s
     return directory
 
 
+
 def save_model_here(model, folder: str) -> None:
-    """`model.save_pretrained(folder)` from whichever process calls it. transformers 5 writes nothing on a rank
-    other than 0 once torch.distributed is up; with a disk per node, each node's first process saves its own copy
-    of the base model."""
-    model.should_save_on_this_rank = lambda is_main_process: is_main_process
-    try:
+    """`model.save_pretrained(folder)` from whichever process calls it (see `saving_from_this_rank`)."""
+    from ..distributed import saving_from_this_rank
+
+    with saving_from_this_rank(model):
         model.save_pretrained(folder)
-    finally:
-        del model.should_save_on_this_rank
