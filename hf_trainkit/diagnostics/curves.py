@@ -11,8 +11,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .metric_rules import gain as metric_gain
-from .metric_rules import is_improvement
+from ..metric_rules import gain as metric_gain
+from ..metric_rules import is_improvement
 
 
 VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "collapsed", "diverged", "too short")
