@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..checkpointing.control import (ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
-                                     reject_pending, write_response, write_status, write_token)
+                                     reject_pending, reject_queued, write_response, write_status, write_token)
 from ..checkpointing.marker import read_marker
 from ..constants import TOKEN_FILE, checkpoint_dir
 from ..checkpointing.save_request import mark_preempted, request_save, saving_enabled
@@ -228,3 +228,6 @@ class LiveControlCallback(TrainerCallback):
         if state.is_world_process_zero and self.watch_requests:
             finished = state.global_step >= state.max_steps > 0 and not (self.stopped_by_request or self.preempted)
             self._write_status(args, state, "finished" if finished else "stopped", force=True)
+            # After the status (no request is queued from here on): what is left is answered, not kept waiting.
+            reject_queued(args.output_dir, f"the training {'finished' if finished else 'stopped'} at step "
+                                           f"{state.global_step} before it could carry this out")

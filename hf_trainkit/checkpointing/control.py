@@ -4,16 +4,24 @@
                                                   the HTTP endpoint, consumed by the training's main process
     RUN_DIR/control/responses/<id>.json          what became of it (done: which checkpoint; rejected: why)
     RUN_DIR/control/status.json                  step, epoch, last metrics, state, endpoint (written by training)
+    RUN_DIR/control/stopping.json                the stop the training has taken (no request is queued after it)
     RUN_DIR/control_token                        bearer token of the HTTP endpoint, mode 0600
 
 The training side checks `requests/` at each step boundary on the main process (one `stat`, see RequestWatcher).
+Every request is carried out or answered with why not: `submit_request` refuses (409) what nothing would carry out
+(the training ended, is gone or is stopping, the same save is already queued) and, past MAX_QUEUED requests, says
+try again (429); what is still queued when the training ends (or is found gone) is answered `rejected` with the
+reason (`reject_queued`). Submitting and that last answer hold one lock (`control/.lock`), so no request slips in
+between.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import secrets
 import stat
 import time
@@ -30,6 +38,9 @@ ACTIONS = ("save", "stop")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids become file names: no '/', '..', NUL or absolute paths
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16
+MAX_QUEUED = 8  # requests waiting at once (the training takes one per step)
+STOPPING_FILE = "stopping.json"  # inside CONTROL_DIR
+LOCK_FILE = ".lock"  # inside CONTROL_DIR
 
 
 class ControlError(ValueError):
@@ -129,15 +140,150 @@ def check_request(run_dir: str | os.PathLike, action: str, name: str | None) -> 
             raise ControlError(f"name {name!r} is already used by {taken}", status=409)
 
 
+def process_gone(status: dict) -> bool:
+    """True when `status` names a process of this machine that no longer exists (killed, crashed)."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # another machine (shared filesystem): cannot tell, the request waits for it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _queue_lock(run_dir):
+    """One writer of the queue at a time, across processes (submitting vs. the training's last answer)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): best effort
+        yield
+        return
+    control_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(control_dir(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                         0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def queued_requests(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """(file, request) of every readable request waiting in `requests/`, oldest first (unreadable ones skipped)."""
+    folder = _requests_dir(run_dir)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        try:
+            request = parse_request_json(read_regular_file(folder / name, MAX_REQUEST_BYTES), "the request")
+        except ControlError:
+            continue
+        if isinstance(request.get("id"), str) and REQUEST_ID.match(request["id"]):
+            found.append((folder / name, request))
+    return found
+
+
+def _stop_taken(run_dir, status: dict | None) -> dict | None:
+    """The stop the running training has taken (control/stopping.json written by this very process), if any."""
+    try:
+        taken = json.loads(read_regular_file(control_dir(run_dir) / STOPPING_FILE, 1 << 16))
+    except (ControlError, ValueError, RecursionError):
+        return None
+    if (isinstance(taken, dict) and status is not None and taken.get("pid") == status.get("pid")
+            and taken.get("host") == status.get("host")):
+        return taken
+    return None
+
+
+def why_not_accepted(run_dir: str | os.PathLike, action: str, name: str | None) -> ControlError | None:
+    """Why a request would not be carried out by the training now (409/429), or None. Needs no lock to read;
+    `submit_request` asks again under the lock."""
+    status = read_status(run_dir)
+    if status is not None:
+        state = status.get("state")
+        if state != "running":
+            return ControlError(f"the training has {state or 'ended'} (step {status.get('step')}): nothing would "
+                                f"carry out the {action}", status=409)
+        if process_gone(status):
+            return ControlError(f"the training's process (pid {status.get('pid')}) no longer exists (killed or "
+                                f"crashed at step {status.get('step')}): nothing would carry out the {action}",
+                                status=409)
+        taken = _stop_taken(run_dir, status)
+        if taken is not None:
+            return ControlError(f"the training is stopping (request {taken.get('id')}): it ends after this step "
+                                "without taking another request", status=409)
+    queued = [request for _, request in queued_requests(run_dir)]
+    for request in queued:
+        if request.get("action") == "stop":
+            return ControlError(f"a stop is already queued (request {request['id']}): the training saves and ends "
+                                f"at the next step boundary, so nothing after it would be carried out", status=409)
+        if action == "save" and request.get("action") == "save" and request.get("name") == name:
+            which = f"a save named {name!r}" if name else "an unnamed save"
+            return ControlError(f"{which} is already queued (request {request['id']}): it is carried out at the "
+                                f"next step boundary", status=409)
+    if len(queued) >= MAX_QUEUED:
+        return ControlError(f"{len(queued)} requests are already queued (the training takes one per step); try "
+                            "again in a few steps", status=429)
+    return None
+
+
 def submit_request(run_dir: str | os.PathLike, action: str, name: str | None = None, source: str = "cli") -> str:
-    """Validate and queue a request; its id (to wait for the response)."""
+    """Validate and queue a request; its id (to wait for the response). Raises ControlError (with the HTTP status)
+    for a bad request (400) or one the training would not carry out (409: it ended, is gone or stopping, the same
+    save is queued; 429: MAX_QUEUED are waiting)."""
     check_request(run_dir, action, name)
     prepare_control_dir(run_dir)
-    request_id = uuid.uuid4().hex[:12]
-    request = {"id": request_id, "action": action, "name": name, "source": source, "created_at": time.time()}
-    # Time first in the file name: the training applies requests in the order they came.
-    write_json_atomically(_requests_dir(run_dir) / f"{time.time_ns():020d}-{request_id}.json", request)
+    with _queue_lock(run_dir):
+        refusal = why_not_accepted(run_dir, action, name)
+        if refusal is not None:
+            raise refusal
+        request_id = uuid.uuid4().hex[:12]
+        request = {"id": request_id, "action": action, "name": name, "source": source, "created_at": time.time()}
+        # Time first in the file name: the training applies requests in the order they came.
+        write_json_atomically(_requests_dir(run_dir) / f"{time.time_ns():020d}-{request_id}.json", request)
     return request_id
+
+
+def reject_queued(run_dir: str | os.PathLike, why: str) -> int:
+    """Answer every request still queued as rejected because `why` (the training ended, or is gone, before it
+    could carry them out), under the queue's lock; returns how many."""
+    count = 0
+    try:
+        with _queue_lock(run_dir):
+            for path, request in queued_requests(run_dir):
+                write_response(run_dir, {"id": request["id"], "action": request.get("action"),
+                                         "name": request.get("name"), "status": "rejected", "error": why})
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                count += 1
+    except OSError:
+        pass
+    return count
+
+
+def settle_queue(run_dir: str | os.PathLike, status: dict | None = None) -> int:
+    """If the training of `run_dir` has ended or is gone, answer what it left queued as rejected (with why);
+    returns how many. Cheap when nothing is queued (one directory read)."""
+    if not has_requests(run_dir):
+        return 0
+    status = status if status is not None else read_status(run_dir)
+    if status is None:
+        return 0
+    state, step = status.get("state"), status.get("step")
+    if state == "running" and process_gone(status):
+        why = f"the training's process (pid {status.get('pid')}) ended (killed or crashed at step {step}) first"
+    elif state in ("finished", "stopped"):
+        why = f"the training {state} at step {step} before it could carry this out"
+    else:
+        return 0
+    return reject_queued(run_dir, why)
 
 
 def has_requests(run_dir: str | os.PathLike) -> bool:
@@ -229,9 +375,17 @@ class RequestQueue:
                 write_response(self.run_dir, {"id": request_id, "status": "rejected", "error": str(error)})
                 self._remove(path, file_name)
                 continue
+            if request.get("action") == "stop":
+                # Written before the request file goes: a client always sees the stop, queued or taken.
+                write_json_atomically(control_dir(self.run_dir) / STOPPING_FILE,
+                                      {"id": request_id, "pid": os.getpid(), "host": socket.gethostname(),
+                                       "taken_at": time.time()})
             write_response(self.run_dir, {"id": request_id, "action": request.get("action"),
                                           "name": request.get("name"), "status": "accepted"})
             self._remove(path, file_name)
+            if request.get("action") == "stop":
+                reject_queued(self.run_dir, f"a stop (request {request_id}) was taken first: the training ends "
+                                            "without carrying this out")
             return request
         return None
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..argparsing import report_error
 from .command import format_number
-from .control import ControlError, checkpoint_table, read_response, read_status, submit_request
+from .control import (ControlError, checkpoint_table, process_gone, read_response, read_status, settle_queue,
+                      submit_request)
 
 
 def control_command_parser() -> argparse.ArgumentParser:
@@ -84,19 +85,7 @@ def is_running(status: dict | None) -> bool:
 
 def _gone(status: dict) -> bool:
     """True when the status names a process of this machine that no longer exists (killed, crashed)."""
-    import os
-    import socket
-
-    pid = status.get("pid")
-    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False  # another machine (shared filesystem): cannot tell, the request waits for it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
+    return process_gone(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                      "nothing would apply the request.", 1)
     try:
         request_id = submit_request(run_dir, args.action, getattr(args, "name", None))
-    except ControlError as error:
-        return _fail(f"{args.action}: {error}.", 2)
+    except ControlError as error:  # 400: a bad name (exit 2); 409/429: nothing would carry it out now (exit 1)
+        return _fail(f"{args.action}: {error}.", 2 if error.status == 400 else 1)
     except OSError as error:
         return _fail(f"{run_dir}: cannot write the request ({error}).", 1)
     print(f"Request {request_id} queued: {args.action} at the next step boundary.", flush=True)
@@ -141,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Saved {response['checkpoint']} at step {response['step']}{label}.")
                 return 0
             return _fail(f"request {request_id} {response.get('status')}: {response.get('error')}", 1)
+        if response is None:
+            settle_queue(run_dir)  # the training ended or died with it queued: answered rejected, with why
         time.sleep(0.2)
     return _fail(f"no answer within {args.timeout:g} s; the request stays queued and will be applied at the next "
                  "step boundary.", 1)

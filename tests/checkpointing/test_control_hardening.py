@@ -248,3 +248,124 @@ def test_a_checkpoint_name_that_is_not_a_string_is_rejected_as_such(tmp_path, na
         assert code == 400 and "must be a string" in answer["error"], answer
     finally:
         server.stop()
+
+
+# --- every accepted request is carried out or answered with why not (issue 30) ------------------------------------
+
+def _running_here(run: Path, pid: int | None = None):
+    from hf_trainkit.checkpointing.control import write_status
+
+    write_status(run, {"state": "running", "step": 5, "max_steps": 100, "pid": pid or os.getpid(),
+                       "host": socket.gethostname()})
+
+
+def _refusal(run, action, name=None):
+    from hf_trainkit.checkpointing.control import ControlError
+
+    with pytest.raises(ControlError) as refused:
+        submit_request(run, action, name)
+    return refused.value.status, str(refused.value)
+
+
+def test_nothing_is_queued_behind_a_stop_queued_or_taken(tmp_path):
+    from hf_trainkit.checkpointing.control import read_response
+
+    _running_here(tmp_path)
+    early = submit_request(tmp_path, "save", "before-the-stop")
+    stop = submit_request(tmp_path, "stop")
+    status, why = _refusal(tmp_path, "save")
+    assert status == 409 and f"a stop is already queued (request {stop})" in why
+    assert _refusal(tmp_path, "stop")[0] == 409  # stop twice: the second is refused, not queued forever
+    queue = RequestQueue(tmp_path, warn=lambda line: None)
+    assert queue.take()["id"] == early  # in the order they came
+    # A save another machine wrote past the lock slipped in behind the stop: rejected when the stop is taken.
+    (requests_dir(tmp_path) / f"{time.time_ns():020d}-sneaked.json").write_text(
+        json.dumps({"id": "sneaked", "action": "save", "name": None}))
+    assert queue.take()["id"] == stop
+    assert read_response(tmp_path, "sneaked")["status"] == "rejected"
+    assert f"a stop (request {stop}) was taken first" in read_response(tmp_path, "sneaked")["error"]
+    status, why = _refusal(tmp_path, "save", "late")  # taken, the training not yet ended: still refused
+    assert status == 409 and f"the training is stopping (request {stop})" in why
+    assert not list(requests_dir(tmp_path).glob("*.json"))
+    # A new training in the same folder (another pid) takes requests again.
+    _running_here(tmp_path, pid=os.getppid())
+    assert submit_request(tmp_path, "save")
+
+
+def test_a_save_already_queued_and_a_full_queue_are_refused_with_why(tmp_path):
+    from hf_trainkit.checkpointing.control import MAX_QUEUED
+
+    _running_here(tmp_path)
+    first = submit_request(tmp_path, "save")
+    status, why = _refusal(tmp_path, "save")
+    assert status == 409 and f"an unnamed save is already queued (request {first})" in why
+    named = submit_request(tmp_path, "save", "a")
+    status, why = _refusal(tmp_path, "save", "a")
+    assert status == 409 and f"a save named 'a' is already queued (request {named})" in why
+    for index in range(MAX_QUEUED - 2):
+        submit_request(tmp_path, "save", f"n{index}")
+    status, why = _refusal(tmp_path, "save", "one-too-many")
+    assert status == 429 and f"{MAX_QUEUED} requests are already queued" in why
+    assert len(list(requests_dir(tmp_path).glob("*.json"))) == MAX_QUEUED
+
+
+def test_concurrent_submits_queue_exactly_what_the_rules_allow(tmp_path):
+    """20 processes' worth of saves at once (threads here, the lock is a file lock): one unnamed save is queued,
+    the 19 others refused; never two unnamed ones through a race."""
+    from hf_trainkit.checkpointing.control import ControlError
+
+    _running_here(tmp_path)
+    outcomes, barrier = [], threading.Barrier(20)
+
+    def one():
+        barrier.wait()
+        try:
+            outcomes.append(("queued", submit_request(tmp_path, "save")))
+        except ControlError as error:
+            outcomes.append((error.status, str(error)))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o[0] for o in outcomes if o[0] == "queued") == ["queued"]
+    assert [o[0] for o in outcomes].count(409) == 19
+    assert len(list(requests_dir(tmp_path).glob("*.json"))) == 1
+
+
+def test_what_a_training_leaves_queued_is_rejected_with_why(tmp_path):
+    """The real callback's on_train_end: the status says stopped, then every request still queued is answered
+    rejected with the step; one queued for a training that was killed is answered the same way by whoever looks."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from hf_trainkit.callbacks.live_control import LiveControlCallback
+    from hf_trainkit.checkpointing.control import read_response, settle_queue
+
+    run = tmp_path / "ended"
+    prepare_control_dir(run)
+    _running_here(run)
+    ids = [submit_request(run, "save", "late-one"), submit_request(run, "save")]
+    callback = LiveControlCallback(handle_signals=False)
+    args = SimpleNamespace(output_dir=str(run), world_size=1)
+    state = SimpleNamespace(global_step=40, max_steps=40, epoch=1.0, log_history=[], is_world_process_zero=True)
+    callback.on_train_end(args, state, SimpleNamespace())
+    assert read_status(run)["state"] == "finished"
+    for request_id in ids:
+        response = read_response(run, request_id)
+        assert response["status"] == "rejected"
+        assert response["error"] == "the training finished at step 40 before it could carry this out"
+    assert not list(requests_dir(run).glob("*.json"))
+    assert _refusal(run, "save")[0] == 409
+
+    killed = tmp_path / "killed"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    _running_here(killed, pid=dead.pid)
+    queued = submit_request(killed, "save")  # the training was alive when it was sent
+    dead.wait()
+    assert settle_queue(killed) == 1
+    response = read_response(killed, queued)
+    assert response["status"] == "rejected" and f"(pid {dead.pid}) ended" in response["error"]
+    assert not list(requests_dir(killed).glob("*.json"))
