@@ -49,8 +49,7 @@ def _resume_point(options: argparse.Namespace, config, steps=None) -> tuple[bool
                              f"checkpoint name in {options.output_dir}.")
         return False, options.resume_from_checkpoint
     record = read_training_complete(options.output_dir)
-    if record and record.get("max_steps") == config.max_steps and (
-            config.max_steps > 0 or record.get("num_train_epochs") == config.num_train_epochs):
+    if record and record_matches(options.output_dir, record, config):
         return finished_or_finish(options.output_dir, record, steps)
     checkpoint = find_resume_checkpoint(options.output_dir, steps=steps)
     end = _last_step_state(checkpoint, config) if checkpoint else None
@@ -79,8 +78,49 @@ def _last_step_state(checkpoint: str, config) -> dict | None:
         return None
     if config.max_steps > 0:
         return state if max_steps == config.max_steps else None
-    return state if state.get("num_train_epochs") is not None and config.num_train_epochs == float(
-        state.get("num_train_epochs")) else None
+    return state if _covers_epochs(state.get("epoch"), config.num_train_epochs) else None
+
+
+def _covers_epochs(epoch, num_train_epochs: float) -> bool:
+    """Whether a run at `epoch` (trainer_state.json's, a float) has trained `num_train_epochs`: the Trainer stops an
+    epoch-mode run at ceil(epochs x steps per epoch) steps, so its last epoch value is at least that."""
+    return isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= num_train_epochs - 1e-6
+
+
+def record_matches(output_dir: str, record: dict, config) -> bool:
+    """Whether `record` (a parsed training_complete.json) is of the run `config` asks for: the same --max-steps;
+    in epoch mode (max_steps=-1, the default for a user's data set) the same --num-train-epochs, and a run that
+    trained them or was stopped before its end (a stop request, early stopping). The record's `max_steps` is the
+    Trainer's count of steps, never -1, so an epoch-mode run is known by its epochs; a run cut short by an earlier
+    --max-steps is not taken for it (its epoch is short of the epochs asked for, and it reached its own end)."""
+    if config.max_steps > 0:
+        return record.get("max_steps") == config.max_steps
+    if record.get("num_train_epochs") != config.num_train_epochs:
+        return False
+    step, max_steps = record.get("global_step"), record.get("max_steps")
+    if isinstance(step, int) and isinstance(max_steps, int) and step < max_steps:
+        return True  # stopped before its end: finished as the user decided, said so with the step (run.py)
+    epoch = _final_epoch(output_dir, step)
+    return epoch is None or _covers_epochs(epoch, config.num_train_epochs)
+
+
+def _final_epoch(output_dir: str, step) -> float | None:
+    """The epoch of the final trainer_state.json (else of the checkpoint of the final step); None when neither
+    can be read (what the record vouches for is then checked, and repaired, by `finished_or_finish`)."""
+    import json
+
+    from ..constants import checkpoint_dir
+
+    candidates = [Path(output_dir)] + ([Path(checkpoint_dir(output_dir, step))] if isinstance(step, int) else [])
+    for folder in candidates:
+        try:
+            state = json.loads((folder / "trainer_state.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(state, dict) and state.get("global_step") == step and \
+                isinstance(state.get("epoch"), (int, float)):
+            return float(state["epoch"])
+    return None
 
 
 def _finish_from(output_dir: str, checkpoint: str, said: str, fields: dict) -> bool:
@@ -128,6 +168,32 @@ def finished_or_finish(output_dir: str, record: dict, steps=None) -> tuple[bool,
         return False, checkpoint
     print(f"{said}, and no valid checkpoint is left: training again from the start.", flush=True)
     return False, None
+
+def finished_run_message(output_dir: str) -> str:
+    """What a re-run of a finished run says: the step it ended at, how (its end, a stop request, early stopping) and
+    the flag that does what the user may want instead."""
+    from . import find_resume_checkpoint, read_training_complete
+    from ..constants import checkpoint_dir
+    from .marker import read_marker
+
+    record = read_training_complete(output_dir) or {}
+    step, max_steps = record.get("global_step"), record.get("max_steps")
+    where = f"{output_dir} ({TRAINING_COMPLETE})"
+    if not (isinstance(step, int) and isinstance(max_steps, int) and step < max_steps):
+        at = f" at step {step} of {max_steps}" if isinstance(step, int) and isinstance(max_steps, int) else ""
+        return (f"{where} already holds a finished run{at}: nothing to train. To train longer: a larger --max-steps (or "
+                "--num-train-epochs), which resumes from its last checkpoint; to train again from scratch: "
+                "--no-resume.")
+    stopped_by = read_marker(checkpoint_dir(output_dir, step)).get("stopped_by")
+    how = {"control request": " by a stop request (hf-trainkit control stop)",
+           "early stopping": " by early stopping"}.get(stopped_by, "")
+    said = f"{where} holds a run stopped at step {step} of {max_steps}{how}: nothing to train."
+    latest = find_resume_checkpoint(output_dir, warn=False)
+    if latest is None:
+        return f"{said} No checkpoint of it is left to continue from; to train again from scratch: --no-resume."
+    return (f"{said} To continue from {os.path.basename(latest)} to step {max_steps}: the same command with "
+            "--resume-from-checkpoint latest; to train again from scratch: --no-resume.")
+
 
 def agreed_resume_point(options: argparse.Namespace, config, layout=None, mirror=None) -> tuple[bool, str | None]:
     """`resume_point` decided by the main process and broadcast, so every rank resumes from the same checkpoint

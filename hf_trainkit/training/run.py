@@ -8,7 +8,7 @@ import os
 
 from ..argparsing import UsageError
 from ..checkpointing.resume import (NO_FALLBACK, agreed_resume_point, checkpoint_mirror,
-                                    fallback_after_failed_load, pull_from_mirror)
+                                    fallback_after_failed_load, finished_run_message, pull_from_mirror)
 from .callbacks import build_callbacks
 from .inputs import (build_model_and_tokenizer, build_peft_config, has_images, load_eval_dataset, load_train_dataset,
                      prepare_base_model)
@@ -55,8 +55,8 @@ def run(options: argparse.Namespace, callbacks: list | None = None):
         pull_from_mirror(options, config, callbacks)
     finished, checkpoint = agreed_resume_point(options, config, layout, checkpoint_mirror(callbacks))
     if finished:
-        print(f"{options.output_dir} already holds a finished run (training_complete.json): nothing to train. "
-              "Pass --no-resume to train again from scratch, or a larger --max-steps to continue.")
+        if config.process_index == 0:
+            print(finished_run_message(options.output_dir), flush=True)
         return None
     from ..run_log import console_log
 

@@ -146,3 +146,90 @@ def test_a_kill_in_each_window_of_the_end_is_finished_by_the_rerun(tmp_path, fin
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert says.format(run=run) in rerun.stdout, rerun.stdout[-3000:]
     assert_finished_like(run, finished_run)
+
+
+def _rule_file(path: Path, rows: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"{rule} =", "rule": rule}) + "\n"
+                            for rule in ["even", "odd"] * (rows // 2)))
+    return path
+
+
+def _mtimes(run: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("epochs", ["1", "0.5"])
+def test_a_finished_epoch_mode_run_is_finished_on_a_rerun(tmp_path, epochs):
+    """A user's data set without --max-steps (max_steps=-1: whole epochs): the re-run of the same command finds the
+    run finished and writes nothing; before, it took it for a run killed after its last checkpoint, on every
+    re-run, and rewrote the final weights."""
+    data = _rule_file(tmp_path / "rules.jsonl", 16)  # 2 prompts a step (16 completions, 8 per prompt): 8 steps an epoch
+    command = ["--dataset", data, "--reward-func", "digit_rule", "--max-completion-length", 4, "--save-steps", 2,
+               "--num-train-epochs", epochs]
+    run = tmp_path / "run"
+    first = train(run, *command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    steps = {"1": 8, "0.5": 4}[epochs]
+    record = read_training_complete(run)
+    assert (record["global_step"], record["max_steps"]) == (steps, steps)
+    before = _mtimes(run)
+    for _ in range(2):  # every re-run, not just the first
+        again = train(run, *command)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"already holds a finished run at step {steps} of {steps}: nothing to train" in again.stdout
+        assert "wrote the final weights" not in again.stdout and "Resuming" not in again.stdout, again.stdout
+        assert _mtimes(run) == before  # nothing rewritten, the record neither
+    # A run cut short by --max-steps is not an epoch-mode run that finished: the same data set without --max-steps
+    # trains the rest of the epoch, from its last checkpoint.
+    short = tmp_path / "short"
+    assert train(short, *command[:-2], "--max-steps", 2).returncode == 0
+    rest = train(short, *command[:-2])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert f"Resuming from {short / 'checkpoint-2'}" in rest.stdout, rest.stdout
+    assert read_training_complete(short)["global_step"] == 8
+
+
+def test_a_run_stopped_by_a_stop_request_says_where_it_stopped_and_how_to_continue(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.testing_utils import SUBPROCESS_ENV, TRAIN
+
+    from hf_trainkit.checkpointing.control import submit_request
+
+    run = tmp_path / "run"
+    command = [sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(run), "--seed", "3", *QUIET,
+               "--max-steps", "300", "--save-steps", "100", "--eval-every", "0"]
+    with open(tmp_path / "training.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=SUBPROCESS_ENV)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and process.poll() is None:
+                try:
+                    if json.loads((run / "control" / "status.json").read_text())["step"] >= 2:
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.1)
+            submit_request(run, "stop")
+            assert process.wait(timeout=240) == 0, (tmp_path / "training.log").read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    stopped = read_training_complete(run)["global_step"]
+    assert 2 <= stopped < 300
+    again = train(run, "--max-steps", 300, "--save-steps", 100, "--eval-every", 0)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"holds a run stopped at step {stopped} of 300 by a stop request (hf-trainkit control stop): nothing to "
+            f"train. To continue from checkpoint-{stopped} to step 300: the same command with "
+            "--resume-from-checkpoint latest; to train again from scratch: --no-resume.") in again.stdout, again.stdout
+    # ... and what it says works: the run goes on from where it stopped (killed once it said so).
+    resumed = subprocess.Popen([*command, "--resume-from-checkpoint", "latest"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=SUBPROCESS_ENV)
+    try:
+        said = next((line for line in resumed.stdout if line.startswith("Resuming from")), "")
+    finally:
+        resumed.kill()
+        resumed.wait()
+    assert said.strip() == f"Resuming from {run / f'checkpoint-{stopped}'}"
