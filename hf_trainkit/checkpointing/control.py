@@ -466,6 +466,24 @@ def write_token(run_dir: str | os.PathLike, name: str = TOKEN_FILE, token: str |
     return token
 
 
+def read_token(run_dir: str | os.PathLike, name: str = TOKEN_FILE) -> str | None:
+    """The token already in RUN_DIR/NAME, if that file is safe to trust: a regular file (not a symlink) of this
+    user, readable by no one else, holding one token of at least 32 URL-safe characters; None otherwise."""
+    try:
+        descriptor = os.open(Path(run_dir) / name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(descriptor)
+        if (not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077 or info.st_size > 1024
+                or (hasattr(os, "getuid") and info.st_uid != os.getuid())):
+            return None
+        token = os.read(descriptor, 1024).decode("ascii", "replace").strip()
+    finally:
+        os.close(descriptor)
+    return token if re.fullmatch(r"[A-Za-z0-9_-]{32,512}", token) else None
+
+
 def checkpoint_table(run_dir: str | os.PathLike) -> list[dict]:
     """The checkpoints of `run_dir` as plain data (for `status` and `GET /checkpoints`)."""
     return [{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"), "reason": i.marker.get("reason"),

@@ -9,10 +9,15 @@
 Every route needs `Authorization: Bearer <token>` (the token is in RUN_DIR/control_token, mode 0600). Requests go
 through the same request files as `hf-trainkit control`, so both paths behave identically. Errors are JSON with a
 4xx status (any method, any path: 401 before anything else, then 404/405); nothing a client sends can reach the
-training loop other than a validated request file. A client cannot wedge or flood it either: each connection has a
-10 s socket timeout, at most 8 are served at once (the rest get a JSON 503), bodies are capped and their JSON
-depth is limited (a body shorter than its Content-Length gets a JSON 408 once the timeout passes), and a client
-that resets its connection costs nothing but a closed socket.
+training loop other than a validated request file.
+
+A local user without the token cannot lock it: the whole request line and headers must arrive within
+HEADER_SECONDS (a deadline per request, not per byte: a client dribbling a byte a second is dropped all the same),
+up to MAX_CONNECTIONS are served at once, and a connection beyond that sheds the oldest one still waiting for its
+headers (never one that showed the token, until those are gone), so a token holder's request gets through 200 idle
+or dribbling connections. A body has a 10 s socket timeout, is capped (64 KiB) and needs a Content-Length (no
+chunked bodies: 411), its JSON depth is limited; a client that resets its connection costs nothing but a closed
+socket.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from transformers.utils import logging
@@ -32,8 +38,11 @@ from .control import ControlError, checkpoint_table, is_queued, parse_request_js
 logger = logging.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-CONNECTION_TIMEOUT_SECONDS = 10.0
-MAX_CONNECTIONS = 8
+CONNECTION_TIMEOUT_SECONDS = 10.0  # per socket read of a body
+HEADER_SECONDS = 5.0  # for the whole request line and headers of each request (a kept-alive one too)
+MAX_CONNECTIONS = 64  # served at once; one more sheds the oldest waiting for its headers
+LISTEN_BACKLOG = 512  # a burst waits in the kernel's queue instead of being refused
+NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only ('²'.isdigit() is True), short of int()'s length limit
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,6 +53,32 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.connection_timeout
         super().setup()
+
+    def handle_one_request(self):
+        self._body_pending = False
+        self.server._waiting_for_headers(self.request)  # the header deadline starts now
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        words = self.raw_requestline.decode("iso-8859-1").split()
+        if len(words) == 3 and not re.fullmatch(r"HTTP/1\.[01]", words[2]) and words[2].startswith("HTTP/"):
+            self.request_version, self.close_connection = "HTTP/1.0", True
+            self.send_error(505, f"{words[2][:20]} is not supported: send HTTP/1.1")
+            return False
+        if len(words) == 2 and words[0] == "GET":  # HTTP/0.9: http.server would wait for headers that never come
+            self.request_version, self.close_connection = "HTTP/1.0", True
+            self.send_error(400, "an HTTP/0.9 request line (no version) is not supported: send HTTP/1.1")
+            return False
+        ok = super().parse_request()
+        if ok:
+            self.server._busy(self.request)
+            length = (self.headers.get("Content-Length") or "").strip()
+            self._body_pending = bool(self.headers.get("Transfer-Encoding")) or (length not in ("", "0"))
+        return ok
+
+    def _authenticated(self):
+        """The token was shown: this connection is shed only after every one that has not."""
+        self.server._authenticated(self.request)
 
     def __getattr__(self, name: str):
         # Any method, known or not (PATCH, OPTIONS, BREW ...): the same auth check and JSON 404/405, never
@@ -65,27 +100,43 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, payload: dict, headers: dict | None = None):
-        body = json.dumps(payload, default=str).encode()
+        self._send(status, json.dumps(payload, default=str).encode(), "application/json", headers)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None):
+        if getattr(self, "_body_pending", False):
+            self.close_connection = True  # an unread body would be taken for the next request
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # the headers a GET would get, without the body
+            self.wfile.write(body)
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
+        # The scheme is case-insensitive (RFC 9110 11.1): `bearer` is `Bearer`; the token itself is compared exactly.
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.server.token.encode()):
+            self._authenticated()
             return True
         self._reply(401, {"error": "missing or wrong bearer token (see RUN_DIR/control_token)"},
                     {"WWW-Authenticate": 'Bearer realm="hf-trainkit"'})
         return False
 
     def _body(self) -> dict:
-        text = (self.headers.get("Content-Length") or "0").strip()
-        if not text.isdigit():  # negative, non-numeric, several values: the body's end is unknown
+        if self.headers.get("Transfer-Encoding"):  # chunked: its end is not where Content-Length says
+            self.close_connection = True
+            raise ControlError("chunked bodies are not supported: send the body with a Content-Length", status=411)
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            self.close_connection = True
+            raise ControlError("a POST needs a Content-Length (0 for no body; curl -d '{}' sends one)", status=411)
+        text = values[0].strip()
+        if len(values) > 1 or not NUMBER.fullmatch(text):  # negative, non-numeric, several values: its end is unknown
             self.close_connection = True
             raise ControlError(f"Content-Length {text[:20]!r} is not a byte count")
         length = int(text)
@@ -98,6 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ControlError(f"the body is shorter than its Content-Length ({length} bytes): no more bytes came "
                                f"within {self.timeout:g} s", status=408) from None
+        self._body_pending = False
         if len(raw) < length:
             self.close_connection = True
             raise ControlError(f"body ended after {len(raw)} of {length} bytes")
@@ -127,7 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, socket.timeout):
             self.close_connection = True  # the client went away or stalled: nothing to answer
         except Exception as error:  # a request must never take the training down
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            logger.warning(f"Live control endpoint: {self.command} {self.path[:100]} failed ({type(error).__name__}: "
+                           f"{error}); training goes on.")
+            self._reply(500, {"error": f"internal error ({type(error).__name__}); the training goes on"})
 
     def _status(self):
         self._reply(200, self.server.status_provider())
@@ -162,24 +216,98 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": f"no request {request_id}"})
 
 
+class _Connection:
+    __slots__ = ("sock", "opened", "deadline", "authenticated")
+
+    def __init__(self, sock, deadline: float):
+        self.sock, self.opened, self.deadline, self.authenticated = sock, time.monotonic(), deadline, False
+
+
 class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, run_dir: str, token: str, status_provider, host: str = "127.0.0.1", port: int = 0,
-                 max_connections: int = MAX_CONNECTIONS, connection_timeout: float = CONNECTION_TIMEOUT_SECONDS):
-        self.connection_timeout = connection_timeout
-        super().__init__((host, port), _Handler)
+                 max_connections: int = MAX_CONNECTIONS, connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
+                 header_seconds: float = HEADER_SECONDS, listening_socket: socket.socket | None = None):
+        self.connection_timeout, self.header_seconds = connection_timeout, header_seconds
+        if listening_socket is None:
+            super().__init__((host, port), _Handler)
+        else:  # already bound and listening (the parent of a background dashboard opened it): connect at once
+            super().__init__(listening_socket.getsockname()[:2], _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listening_socket
+            self.server_address = listening_socket.getsockname()
         self.run_dir, self.token, self.status_provider = run_dir, token, status_provider
         self.accepting = True
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self._connections: dict[int, _Connection] = {}  # id(socket) -> its state; `_lock` guards it
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self.serve_forever, name="hf-trainkit-control", daemon=True)
+        self._reaper = threading.Thread(target=self._reap, name="hf-trainkit-control-deadlines", daemon=True)
+
+    # --- connections: a header deadline each, the oldest unauthenticated shed first ----------------------------------
+
+    def _waiting_for_headers(self, sock):
+        with self._lock:
+            connection = self._connections.get(id(sock))
+            if connection is not None:
+                connection.deadline = time.monotonic() + self.header_seconds
+
+    def _busy(self, sock):
+        with self._lock:
+            connection = self._connections.get(id(sock))
+            if connection is not None:
+                connection.deadline = None
+
+    def _authenticated(self, sock):
+        with self._lock:
+            connection = self._connections.get(id(sock))
+            if connection is not None:
+                connection.authenticated = True
+
+    def _drop(self, connection: _Connection, why: bytes | None):
+        """End a connection from outside its thread: its blocked read returns and the thread ends."""
+        if why is not None:
+            try:  # best effort, never blocking: a client that reads nothing gets nothing
+                connection.sock.send(why, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _reap(self):
+        timeout = _json_response(408, f"the request line and headers did not arrive within "
+                                      f"{self.header_seconds:g} s")
+        while not self._closed.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c in self._connections.values() if c.deadline is not None and c.deadline < now]
+                for connection in late:
+                    self._connections.pop(id(connection.sock), None)
+            for connection in late:
+                self._drop(connection, timeout)
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):  # full: answer at once instead of piling up threads
+        with self._lock:
+            victim = None
+            if len(self._connections) >= self.max_connections:
+                waiting = [c for c in self._connections.values() if c.deadline is not None]
+                if waiting:  # never a request being answered; token holders' kept-alive connections last
+                    victim = min(waiting, key=lambda c: (c.authenticated, c.opened))
+                    self._connections.pop(id(victim.sock))
+            full = len(self._connections) >= self.max_connections
+            if not full:
+                self._connections[id(request)] = _Connection(request, time.monotonic() + self.header_seconds)
+        if victim is not None:
+            self._drop(victim, _json_response(503, "shed: the server is full; this connection was the oldest "
+                                                   "one still waiting for its headers"))
+        if full:  # every slot answers a request right now: say so at once instead of piling up threads
             try:
-                body = json.dumps({"error": "too many connections; try again"}).encode()
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: " + str(len(body)).encode() + b"\r\nRetry-After: 1\r\n\r\n" + body)
+                request.sendall(_json_response(503, "too many connections; try again"))
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -190,7 +318,8 @@ class ControlServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._lock:
+                self._connections.pop(id(request), None)
 
     def handle_error(self, request, client_address):
         # socketserver prints a traceback into the training's console; a reset or a stalled client is normal.
@@ -208,9 +337,20 @@ class ControlServer(ThreadingHTTPServer):
 
     def start(self) -> "ControlServer":
         self._thread.start()
+        self._reaper.start()
         return self
 
     def stop(self):
         self.accepting = False
+        self._closed.set()
         self.shutdown()
         self.server_close()
+
+
+def _json_response(status: int, message: str) -> bytes:
+    """A complete HTTP/1.0 JSON error response (for a connection no handler answers)."""
+    from http import HTTPStatus
+
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n").encode() + body

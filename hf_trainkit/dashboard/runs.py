@@ -165,8 +165,10 @@ class RunData:
         return rows
 
     def diagnosis(self) -> dict | None:
-        """`diagnostics.diagnose` on the monitored curve (the monitor's verdict), at most every few seconds."""
-        from ..diagnostics import diagnose
+        """`diagnostics.diagnose` on the monitored curve and its eval counterpart (the monitor's verdict, the same
+        model as the live callback's lines), at most every few seconds."""
+        from ..diagnostics import diagnose, new_bests
+        from ..metric_rules import eval_counterpart
 
         with self.lock:
             if self._diagnosis and (self._diagnosis[1] == self.total
@@ -177,14 +179,17 @@ class RunData:
                 return None
             key, mode = chosen
             steps, values = self.columns.steps(key).tolist(), self.columns.values(key).tolist()
-            eval_steps, eval_values = self.columns.steps("eval_loss").tolist(), self.columns.values("eval_loss").tolist()
+            eval_key = eval_counterpart(self.columns.series, key)
+            eval_steps = self.columns.steps(eval_key).tolist() if eval_key else []
+            eval_values = self.columns.values(eval_key).tolist() if eval_key else []
             total = self.total
-        result = diagnose(steps, values, mode=mode, name=key, eval_steps=eval_steps, eval_values=eval_values)
+        result = diagnose(steps, values, mode=mode, name=key, eval_steps=eval_steps, eval_values=eval_values,
+                          eval_name=eval_key or "eval_loss")
         out = {"metric": key, "mode": mode, "verdict": result.verdict, "reason": result.reason,
-               "advice": result.advice,
+               "advice": result.advice, "eval_metric": eval_key,
                "findings": [{"kind": f.kind, "step": data.json_number(f.step), "message": f.message}
                             for f in result.findings[-20:]],
-               **data.best_events(steps, values, mode)}
+               **new_bests(steps, values, mode)}
         self._diagnosis = (time.monotonic(), total, out)
         return out
 
@@ -241,6 +246,14 @@ def _mtime(path: Path) -> int:
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether `path` looks like an output dir a dashboard can show (now or once training has begun)."""
-    return path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()
-                              or any(CHECKPOINT_PATTERN.match(c.name) for c in path.iterdir()))
+    """Whether `path` looks like an output dir a dashboard can show: a live log, a trainer_state.json, a
+    checkpoint, a live-control status or a completion marker."""
+    from ..constants import CONTROL_DIR, STATUS_FILE
+
+    try:
+        return path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()
+                                  or (path / CONTROL_DIR / STATUS_FILE).is_file()
+                                  or (path / TRAINING_COMPLETE).is_file()
+                                  or any(CHECKPOINT_PATTERN.match(c.name) for c in path.iterdir()))
+    except OSError:
+        return False

@@ -11,10 +11,14 @@ timeouts, body limits, JSON errors) with the dashboard's routes.
     POST /api/save?run=I {"name": ...}, POST /api/stop?run=I   queue a live-control request (as
                                   `hf-trainkit control save|stop` does): 202 with its id
 
-Safe by default: bound to 127.0.0.1; every /api route needs the token (`Authorization: Bearer T`, or `?token=T`
-for the report link); the Host header must name this server (no DNS rebinding) and an Origin, when sent, must be
-this server's (no cross-site request); actions are POST only, refused on a run that is not running or on a
-read-only page. Errors are JSON `{"error": ...}`, never a traceback.
+Safe by default: bound to 127.0.0.1; every /api route needs the token in `Authorization: Bearer T` (`?token=T` is
+taken only by GET /api/report, the one link that needs it, never by another route or a POST); the Host header (or
+an absolute-form request target) must name this server (no DNS rebinding) and an Origin, when sent, must be this
+server's (no cross-site request); actions are POST only, refused on a run that is not running or on a read-only
+page, and answered 409 with why when the training would not carry them out (after a Stop, a save already queued).
+Every number in a query is ASCII digits of bounded length, else a JSON 400. Errors are JSON `{"error": ...}`, never
+a traceback. Slow, idle and flooding clients are dealt with by the control server (a header deadline per request,
+the oldest connection without the token shed first), so a token holder's poll is answered while they go on.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..checkpointing.control import ControlError, is_queued, read_response, submit_request, write_token
-from ..checkpointing.control_server import ControlServer, _Handler
+from ..checkpointing.control import (ControlError, is_queued, read_response, read_token, settle_queue,
+                                     submit_request, write_token)
+from ..checkpointing.control_server import NUMBER, ControlServer, _Handler
 from . import data
 from .runs import RunData
 
@@ -55,20 +60,15 @@ class _DashboardHandler(_Handler):
         super()._reply(status, payload, {**SECURITY_HEADERS, **(headers or {})})
 
     def _send_bytes(self, body: bytes, content_type: str):
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in SECURITY_HEADERS.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
+        self._send(200, body, content_type, SECURITY_HEADERS)
 
     # --- checks --------------------------------------------------------------------------------------------------
 
-    def _host_allowed(self) -> bool:
+    def _host_allowed(self, target_host: str | None) -> bool:
         # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends `Host: evil.example`.
         # The port is not checked, so an SSH tunnel from another local port (ssh -L 9000:127.0.0.1:6150) works.
-        host = (self.headers.get("Host") or "").strip().lower()
+        # An absolute-form target (`GET http://other.example/ HTTP/1.1`) names the host instead of the header.
+        host = (target_host if target_host is not None else self.headers.get("Host") or "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name not in self.server.allowed_names:
             self._reply(403, {"error": f"Host {host[:100]!r} is not this server (open {self.server.base_url})"})
@@ -80,33 +80,54 @@ class _DashboardHandler(_Handler):
             return False
         return True
 
-    def _token_ok(self, query: dict) -> bool:
+    def _token_ok(self, query: dict, link: bool) -> bool:
+        """The token of `Authorization: Bearer T` (the scheme in any case, RFC 9110 11.1), or of `?token=T` where
+        `link` (GET /api/report, opened as a link: no header can be set)."""
         scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        token = given.strip() if scheme.lower() == "bearer" else (query.get("token") or [""])[0]
+        in_query = (query.get("token") or [""])[0]
+        token = given.strip() if scheme.lower() == "bearer" else (in_query if link else "")
         if token and hmac.compare_digest(token.encode(), self.server.token.encode()):
+            self._authenticated()
             return True
-        self._reply(401, {"error": "missing or wrong token: open the URL the dashboard printed (with ?token=...), "
-                                   "or paste the token from RUN/dashboard_token"},
-                    {"WWW-Authenticate": 'Bearer realm="hf-trainkit-dashboard"'})
+        if in_query and not link:
+            message = ("the token goes in the Authorization header (Authorization: Bearer T), not in the URL: "
+                       "?token= is taken only by the report link (it ends up in browser history and logs)")
+        else:
+            message = ("missing or wrong token: open the URL the dashboard printed (with ?token=...), or paste the "
+                       "token from RUN/dashboard_token")
+        self._reply(401, {"error": message}, {"WWW-Authenticate": 'Bearer realm="hf-trainkit-dashboard"'})
         return False
 
     def _run(self, query: dict) -> RunData:
         text = (query.get("run") or ["0"])[0]
-        if not text.isdigit() or int(text) >= len(self.server.runs):
+        if not NUMBER.fullmatch(text) or int(text) >= len(self.server.runs):
             raise ControlError(f"no run {text[:20]!r} (0-{len(self.server.runs) - 1})", status=404)
         return self.server.runs[int(text)]
+
+    @staticmethod
+    def _points(query: dict) -> int:
+        text = (query.get("points") or [str(data.DEFAULT_POINTS)])[0]
+        if not NUMBER.fullmatch(text):
+            raise ControlError(f"points={text[:20]!r} is not a number of points (ASCII digits, at most 12)")
+        return min(max(int(text), 10), MAX_POINTS)
 
     # --- routing -------------------------------------------------------------------------------------------------
 
     def _handle(self, method: str):
         try:
-            if not self._host_allowed():
-                return
             parts = urlsplit(self.path)
+            absolute = self.path[:1] != "/"
+            if absolute and not (parts.scheme in ("http", "https") and parts.netloc):
+                self.close_connection = True
+                self._reply(400, {"error": f"request target {self.path[:100]!r} is neither a path nor an http URL"})
+                return
+            if not self._host_allowed(parts.netloc if absolute else None):
+                return
             try:
                 path, query = (parts.path.rstrip("/") or "/"), parse_qs(parts.query, max_num_fields=20)
             except ValueError:
                 raise ControlError("too many query fields (at most 20)") from None
+            route_method = "GET" if method == "HEAD" else method  # HEAD: GET's headers, no body
             if path == "/favicon.ico" and method == "GET":  # asked for by every page, the report's too
                 self.send_response(204)
                 for key, value in SECURITY_HEADERS.items():
@@ -114,7 +135,7 @@ class _DashboardHandler(_Handler):
                 self.end_headers()
                 return
             if path in ("/", "/index.html") or path.startswith("/static/"):
-                if method != "GET":
+                if route_method != "GET":
                     self._reply(405, {"error": f"{method} not allowed on {path}"})
                     return
                 self._static("index.html" if path in ("/", "/index.html") else path[len("/static/"):])
@@ -122,13 +143,13 @@ class _DashboardHandler(_Handler):
             if not path.startswith("/api/"):
                 self._reply(404, {"error": f"no route {path[:100]}"})
                 return
-            if not self._token_ok(query):
+            if not self._token_ok(query, link=(route_method, path) == ("GET", "/api/report")):
                 return
             routes = {("GET", "/api/runs"): self._runs, ("GET", "/api/data"): self._data,
                       ("GET", "/api/details"): self._details, ("GET", "/api/requests"): self._request,
                       ("GET", "/api/report"): self._report, ("GET", "/api/window"): self._window,
                       ("POST", "/api/save"): self._save, ("POST", "/api/stop"): self._stop}
-            handler = routes.get((method, path))
+            handler = routes.get((route_method, path))
             if handler is not None:
                 handler(query)
             elif any(p == path for _, p in routes):
@@ -141,7 +162,11 @@ class _DashboardHandler(_Handler):
         except (OSError, TimeoutError):
             self.close_connection = True
         except Exception as error:  # a request must never take the server (or a training beside it) down
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            import traceback
+
+            traceback.print_exc()  # into the dashboard's console (logs/dashboard.log), not to the client
+            self._reply(500, {"error": f"internal error ({type(error).__name__}); the dashboard's console has the "
+                                       "details"})
 
     def _static(self, name: str):
         if name not in STATIC_FILES:
@@ -156,18 +181,21 @@ class _DashboardHandler(_Handler):
                                    for i, r in enumerate(self.server.runs)], "read_only": self.server.read_only})
 
     def _data(self, query):
-        points = (query.get("points") or [str(data.DEFAULT_POINTS)])[0]
-        points = min(max(int(points), 10), MAX_POINTS) if points.isdigit() else data.DEFAULT_POINTS
+        points = self._points(query)
         cursors = (query.get("c") or [""])[0].split(",")
+        parsed = []
+        for text in cursors[:len(self.server.runs)]:
+            g, colon, c = text.partition(":")
+            if text and not (colon and NUMBER.fullmatch(g) and NUMBER.fullmatch(c)):
+                raise ControlError(f"cursor {text[:30]!r} is not GENERATION:COUNT (ASCII digits, at most 12 each)")
+            parsed.append((int(g), int(c)) if text else (None, None))
         out = []
         for index, run in enumerate(self.server.runs):
-            generation = cursor = None
-            if index < len(cursors) and ":" in cursors[index]:
-                g, _, c = cursors[index].partition(":")
-                if g.isdigit() and c.isdigit():
-                    generation, cursor = int(g), int(c)
+            generation, cursor = parsed[index] if index < len(parsed) else (None, None)
             run.refresh()
             state = run.state(self.server.read_only)
+            if state["state"] != "running":
+                settle_queue(run.path)  # what the training left queued (it died, or ended first) is answered
             out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
                         "line": run.line(state["max_steps"])})
         self._reply(200, {"runs": out})
@@ -182,8 +210,7 @@ class _DashboardHandler(_Handler):
         axis = (query.get("axis") or ["x"])[0]
         if axis not in data.AXES:
             raise ControlError(f"axis {axis[:10]!r} is not one of {', '.join(data.AXES)}")
-        points = (query.get("points") or [str(data.DEFAULT_POINTS)])[0]
-        points = min(max(int(points), 10), MAX_POINTS) if points.isdigit() else data.DEFAULT_POINTS
+        points = self._points(query)
         keys = [k for k in (query.get("keys") or [""])[0].split(",") if k][:50]
         self._reply(200, {"id": self.server.runs.index(run), "series": run.window(keys, axis, low, high, points)})
 
@@ -202,6 +229,8 @@ class _DashboardHandler(_Handler):
     def _request(self, query):
         run = self._run(query)
         request_id = (query.get("id") or [""])[0]
+        if is_queued(run.path, request_id):
+            settle_queue(run.path)  # queued for a training that has ended or died: answered rejected, with why
         response = read_response(run.path, request_id)
         if response is not None:
             self._reply(200, response)
@@ -215,7 +244,12 @@ class _DashboardHandler(_Handler):
         state = run.state(self.server.read_only)
         if not state["can_act"]:
             raise ControlError(f"cannot {action}: {state['why_not']}", status=409)
-        request_id = submit_request(run.path, action, name, source="dashboard")
+        try:
+            request_id = submit_request(run.path, action, name, source="dashboard")
+        except ControlError as error:
+            if error.status == 400:
+                raise
+            raise ControlError(f"cannot {action}: {error}", status=error.status) from None
         self._reply(202, {"id": request_id, "status": "queued", "action": action, "name": name})
 
     def _save(self, query):
@@ -236,24 +270,29 @@ class DashboardServer(ControlServer):
 
     Args:
         runs (`list[tuple[str, str]]`): output dirs and their labels.
-        token (`str`, *optional*): the page's token; a fresh one when not given.
+        token (`str`, *optional*): the page's token; default the one already in `token_file` (so a second dashboard
+            of the run, or a restarted one, opens with the same file), else a fresh one.
         host (`str`, *optional*, defaults to `"127.0.0.1"`), port (`int`, *optional*, defaults to `0`).
         read_only (`bool`, *optional*, defaults to `False`): no Save or Stop.
         token_file (`str`, *optional*): where the token is written (mode 0600); default RUN/dashboard_token of the
             first run, skipped (with the token only printed) if that folder cannot be written.
+        listening_socket (`socket.socket`, *optional*): a socket already bound and listening, served instead of
+            binding `host:port` (the background dashboard's parent opens it, so its URL connects at once).
     """
 
     def __init__(self, runs, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 read_only: bool = False, token_file: str | os.PathLike | None = None):
-        token = token or secrets.token_urlsafe(32)
+                 read_only: bool = False, token_file: str | os.PathLike | None = None, listening_socket=None):
         runs = [RunData(path, label) for path, label in runs]
-        super().__init__(str(runs[0].path), token, dict, host, port)
+        token_file = Path(token_file) if token_file else runs[0].path / TOKEN_FILE
+        token = token or read_token(token_file.parent, token_file.name) or secrets.token_urlsafe(32)
+        super().__init__(str(runs[0].path), token, dict, host, port, listening_socket=listening_socket)
         self.RequestHandlerClass = _DashboardHandler
         self.runs, self.read_only = runs, read_only
         self.daemon_threads = True
+        host = self.server_address[0]
         loopback = {"127.0.0.1", "localhost", "[::1]"}
         self.allowed_names = loopback | {f"[{host}]" if ":" in host else host.lower()}
-        self.token_file = Path(token_file) if token_file else runs[0].path / TOKEN_FILE
+        self.token_file = token_file
         try:
             write_token(self.token_file.parent, name=self.token_file.name, token=token)
         except OSError:
