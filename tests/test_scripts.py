@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.testing_utils import ROOT, TRAIN, log_history, run_script
+from tests.testing_utils import ROOT, SUBPROCESS_ENV, TRAIN, log_history, run_script
 
 
 def test_train_script_nsr_writes_metrics_and_checkpoint(tmp_path):
@@ -200,3 +200,45 @@ def test_console_is_the_mode_line_per_step_and_a_short_metrics_line_per_log(tmp_
     assert all("| reward " in line and "grad_norm" in line for line in metric_lines)
     assert "'completions/mean_length'" not in console and "{'loss'" not in console
     assert len(console.encode()) < 12_000, len(console.encode())
+
+
+@pytest.mark.parametrize("reward,needs", [("digit_rule", "rule"), ("exact_answer", "answer"),
+                                          ("chart_answer", "answer")])
+def test_a_builtin_reward_needing_a_column_the_data_set_lacks_is_refused_at_start(tmp_path, reward, needs):
+    """Before: training started and died at the first step with TRL's `TypeError: digit_rule_reward() missing 1
+    required positional argument: 'rule'` traceback."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{r} =", "label": "2"}) + "\n" for r in ["even", "odd"] * 4))
+    out = tmp_path / "o"
+    result = run_script(TRAIN, "--mode", "psr", "--dataset", data, "--prompt-column", "question", "--reward-func",
+                        reward, "--max-completion-length", "4", "--output-dir", out)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == (
+        f"train_grpo.py: error: --reward-func {reward} needs the column '{needs}', which --dataset {data} lacks "
+        "(columns: question, label); add it, or pick a --reward-func that reads the columns it has.")
+    assert not (out / "trainer_state.json").exists() and not (out / "base_model").exists()
+
+
+def test_a_users_reward_needing_a_missing_column_is_warned_about_from_its_signature(tmp_path):
+    (tmp_path / "my_rewards.py").write_text(
+        "def needs_solution(completions, solution, scale=1.0, **kwargs):\n"
+        "    return [scale * float(c.strip() == s) for c, s in zip(completions, solution)]\n"
+        "def reads_rule(completions, rule, trainer_state, **kwargs):\n"
+        "    return [0.0 for _ in completions]\n")
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{r} =", "rule": r}) + "\n" for r in ["even", "odd"] * 4))
+    env = {**SUBPROCESS_ENV, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    common = ["--mode", "psr", "--dataset", data, "--max-completion-length", "4", "--max-steps", "1",
+              "--no-save-checkpoints", "--quiet", "--no-loss-curve"]
+    fine = run_script(TRAIN, *common, "--reward-func", "my_rewards:reads_rule", "--output-dir", tmp_path / "a",
+                      env=env)
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    assert "needs the column" not in fine.stderr
+    wrong = run_script(TRAIN, *common, "--reward-func", "my_rewards:needs_solution", "--output-dir", tmp_path / "b",
+                       env=env)
+    warning = (f"Warning: --reward-func my_rewards:needs_solution needs the column 'solution', which --dataset {data} "
+               "lacks (columns: prompt, rule); add it, or pick a --reward-func that reads the columns it has. (read "
+               "from its signature; TRL raises a TypeError at the first step if it is right)")
+    assert warning in wrong.stderr.splitlines(), wrong.stderr[-3000:]
+    # ... and it is right: the call fails as it said (a warning, since a decorator could supply the argument).
+    assert wrong.returncode != 0 and "missing 1 required positional argument: 'solution'" in wrong.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 
@@ -67,3 +68,39 @@ def resolve_reward_func(spec: str) -> Callable:
     if not callable(func):
         raise ValueError(f"--reward-func {spec!r} is not callable.")
     return func
+
+
+# What TRL's GRPOTrainer passes every reward function itself (`GRPOTrainer._calculate_rewards`): the rest of its
+# keyword arguments are the data set's columns, all but "prompt" (given as `prompts`).
+TRL_REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                        "environments")
+
+
+def reward_columns(func: Callable) -> list[str] | None:
+    """The data-set columns `func` needs: its parameters without a default that TRL does not pass itself (in
+    signature order). None when its signature cannot be read (a builtin, some C extensions)."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, parameter in signature.parameters.items()
+            if parameter.kind in kinds and parameter.default is inspect.Parameter.empty
+            and name not in TRL_REWARD_ARGUMENTS]
+
+
+def missing_reward_columns(spec: str, func: Callable, columns: list[str], where: str,
+                           prompt_column: str = "prompt") -> str | None:
+    """One line when `func` (`--reward-func spec`) needs a column that the data set (`where`, with `columns`) lacks,
+    else None: TRL would otherwise fail at the first step, after the model is loaded, with a `TypeError` from
+    inside the reward call. The prompt column is not a reward argument (TRL passes it as `prompts`)."""
+    needed = reward_columns(func)
+    available = [column for column in columns if column != "prompt"]
+    missing = [name for name in needed or () if name not in available]
+    if not missing:
+        return None
+    shown = [prompt_column if column == "prompt" else column for column in columns]
+    names = ", ".join(repr(name) for name in missing)
+    return (f"--reward-func {spec} needs the column{'s' if len(missing) > 1 else ''} {names}, which {where} lacks "
+            f"(columns: {', '.join(shown)}); add {'them' if len(missing) > 1 else 'it'}, or pick a --reward-func "
+            "that reads the columns it has.")

@@ -93,6 +93,7 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
         print(f"Resuming from {checkpoint}")
     dataset = load_train_dataset(options)
     eval_dataset = load_eval_dataset(options) if options.eval_every else None
+    check_reward_columns(options, reward_funcs, dataset, eval_dataset, config)
     prepare_base_model(options, config)
     tried: list[str] = []
     while True:
@@ -151,6 +152,32 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
     if trainer.args.should_save:
         print(end_message(options.output_dir, trainer, stopper), flush=True)
     return trainer
+
+
+def check_reward_columns(options: argparse.Namespace, reward_funcs: list, dataset, eval_dataset, config):
+    """Each reward function against the columns it reads, before the model is loaded: a built-in one that needs a
+    column the data set lacks is a `UsageError`; a user's own (`module:function`) a one-line warning (its signature
+    may not tell everything: a decorator can supply an argument)."""
+    import sys
+
+    from ..rl.rewards import BUILTIN_REWARDS, missing_reward_columns
+
+    sets = [("--dataset", options.dataset, dataset)]
+    if eval_dataset is not None and options.eval_dataset:
+        sets.append(("--eval-dataset", options.eval_dataset, eval_dataset))
+    for spec, func in zip(options.reward_func, reward_funcs):
+        for flag, name, data in sets:
+            if data is None or name is None:  # a built-in task: its columns are the built-in rewards'
+                continue
+            problem = missing_reward_columns(spec, func, list(data.column_names), f"{flag} {name}",
+                                             options.prompt_column)
+            if problem is None:
+                continue
+            if spec in BUILTIN_REWARDS:
+                raise UsageError(problem)
+            if config.process_index == 0:
+                print(f"Warning: {problem} (read from its signature; TRL raises a TypeError at the first step if it "
+                      "is right)", file=sys.stderr, flush=True)
 
 
 def end_message(output_dir: str, trainer, stopper) -> str:
