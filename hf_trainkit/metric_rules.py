@@ -39,6 +39,28 @@ def is_eval_key(key: str) -> bool:
     return key.startswith(("eval_", "eval/"))
 
 
+# What an eval metric is called, by trainer: transformers' `eval_loss`, TRL's `eval_reward`, our `PassAtKCallback`'s
+# `eval/pass@1` and `eval/mean_reward`. The first present in this order is the eval curve a run is judged with.
+_EVAL_FOR_REWARD = ("eval/mean_reward", "eval_reward", "eval/reward", "eval/pass@1", "eval_mean_reward")
+
+
+def eval_counterpart(keys, monitored: str) -> str | None:
+    """The eval metric that goes with the monitored train metric: for a reward, the first eval reward or pass@1
+    logged (`eval/mean_reward`, `eval_reward`, `eval/pass@1`, then any `eval_`/`eval/` key that is maximised); for a
+    loss, `eval_loss` (or `eval_<monitored>`). None when none was logged."""
+    keys = set(keys)
+    if default_mode(monitored) == "max":
+        for key in _EVAL_FOR_REWARD + (f"eval_{monitored}", f"eval/{monitored}"):
+            if key in keys:
+                return key
+        rewards = sorted(k for k in keys if is_eval_key(k) and default_mode(k) == "max" and "std" not in k)
+        return rewards[0] if rewards else None
+    for key in (f"eval_{monitored}", "eval_loss", f"eval/{monitored}"):
+        if key in keys:
+            return key
+    return None
+
+
 def default_smoothing(key: str) -> float:
     """EMA weight for a monitored key when the user gives none.
 

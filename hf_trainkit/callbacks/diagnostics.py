@@ -1,4 +1,5 @@
-"""Live training diagnostics: warn once per episode about what `hf-trainkit monitor` would diagnose post hoc."""
+"""Live training diagnostics: the trajectory model (`hf_trainkit.diagnostics.diagnose`, the one `hf-trainkit monitor`
+and the dashboard use) on the logs seen so far, each finding printed once, when the evidence is there."""
 
 from __future__ import annotations
 
@@ -7,70 +8,69 @@ import math
 from transformers.utils import logging
 
 from .. import diagnostics as dx
-from ..metric_rules import SmoothedMetric, SmoothedStateAttributes, check_mode, default_mode, is_improvement
-from ..metric_rules import gain as metric_gain
+from ..metric_rules import check_mode, default_mode, eval_counterpart, is_eval_key
 from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
+# Past this many logs the model runs on every n // JUDGE_EVERY-th log only (it reads the whole curve: O(n) each).
+JUDGE_EVERY = 1000
 
 
-class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
-    """Detect and print, once per episode, what goes wrong during training, each with what to try.
+class TrainingDiagnosticsCallback(StatefulCallback):
+    """Print, once each, what goes wrong during training, with what to try; the same verdicts and words as
+    `hf-trainkit monitor`, because both call the same model on the same curve.
 
-    - non-finite `loss` or `grad_norm`;
-    - spikes of the loss, the grad norm and the monitored metric (robust z-score against the trailing `window`
-      logs, the same rule and words as `hf-trainkit monitor`);
-    - plateau: the smoothed monitored metric has not improved by more than `min_delta` (relative) for `patience`
-      logs;
-    - overfitting: eval loss above its best by 5% while the smoothed train loss keeps falling;
-    (The reward filter keeping nothing is warned about by `FilteredGRPOTrainer` itself, which sees every batch.)
+    - non-finite `loss` or `grad_norm`, and spikes of the loss and the grad norm (robust z-score against the trailing
+      `window` logs);
+    - on the monitored metric (the reward for RL runs, else the loss), the model's findings as the evidence arrives:
+      spikes, a collapse (the level fell from its best by more than its noise and gave back at least half its
+      gain; and, once, that it recovered), overfitting (its eval counterpart, `eval_loss`, `eval/mean_reward`,
+      `eval/pass@1` ..., worse than its best by more than its noise), a divergence, and a plateau (nothing changed
+      beyond the noise in at least `patience` logs).
 
-    An episode ends when the condition clears; the next occurrence is reported again. Acts on `on_log` (which also
-    receives eval metrics); prints on the world process zero; changes nothing in `control`. Its counters survive
-    a resume through `ExportableState`. Findings are also kept in `self.findings` (dicts) for programmatic use.
+    Each is printed once per episode; an episode ends when the condition clears, and a plateau is not announced
+    again within `patience` logs of the last time. Differences are in the metric's units with their 95 % intervals.
+    Acts on `on_log`; prints on the world process zero; changes nothing in `control`. The curve itself is read back
+    from `state.log_history` (restored on resume), so only what was announced travels in checkpoints. Findings are
+    also kept in `self.findings` (dicts).
 
     Args:
-        monitor (`str`, *optional*): the metric for plateaus; default `reward` when logged (RL), else `loss`.
+        monitor (`str`, *optional*): the metric to judge; default `reward` when logged (RL), else `loss`.
         mode (`str`, *optional*): `"min"` or `"max"`; default `max` for a reward, `min` otherwise.
-        patience (`int`, *optional*, defaults to `50`): logs without improvement that make a plateau.
-        min_delta (`float`, *optional*, defaults to `0.01`): relative improvement that counts.
-        smoothing (`float`, *optional*, defaults to `0.6`): TensorBoard EMA weight applied to the monitored metric.
+        patience (`int`, *optional*, defaults to `50`): logs before a plateau can be called, and between two calls.
         window (`int`, *optional*, defaults to `20`), z_threshold (`float`, *optional*, defaults to `6.0`): spikes.
+        min_delta, smoothing: accepted for callback states saved by earlier versions; unused.
     """
 
     def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 50,
-                 min_delta: float = 0.01, smoothing: float = 0.6, window: int = dx.SPIKE_WINDOW,
-                 z_threshold: float = dx.SPIKE_Z):
+                 window: int = dx.SPIKE_WINDOW, z_threshold: float = dx.SPIKE_Z, min_delta: float | None = None,
+                 smoothing: float | None = None):
+        # `min_delta` and `smoothing` were arguments of earlier versions and are still in their checkpoints'
+        # callback states: accepted and unused (changes are now judged against the curve's own noise).
         if mode is not None:
             check_mode(mode, "TrainingDiagnosticsCallback")
         if patience < 1 or window < 5:
             raise ValueError(f"TrainingDiagnosticsCallback: patience={patience} and window={window} must be >= 1 "
                              "and >= 5.")
-        if not 0 <= smoothing < 1:
-            raise ValueError(f"TrainingDiagnosticsCallback: smoothing={smoothing!r} must be in [0, 1).")
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
-        self.smoothing, self.window, self.z_threshold = smoothing, window, z_threshold
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.window, self.z_threshold = window, z_threshold
         self.findings: list[dict] = []
         self.active: list[str] = []  # episodes in progress, reported once
+        self.announced: dict[str, int] = {}  # episode -> the number of logs when it was last announced
         self.recent: dict[str, list[float]] = {}
         self.ranges: dict[str, list[float]] = {}
-        self.smoother = SmoothedMetric(smoothing)
-        self.best_smoothed: float | None = None
-        self.first_smoothed: float | None = None
-        self.logs_since_improvement = 0
-        self.train_ema: float | None = None
-        self.best_eval: float | None = None
-        self.train_ema_at_best_eval: float | None = None
+        # The curves seen so far (not saved: rebuilt from `state.log_history` after a resume).
+        self._key: str | None = monitor
+        self._curve: tuple[list, list] = ([], [])
+        self._eval: dict[str, tuple[list, list]] = {}
+        self._seeded = False
 
     def state(self) -> dict:
         return {
-            "args": {"monitor": self.monitor, "mode": self.mode, "patience": self.patience,
-                     "min_delta": self.min_delta, "smoothing": self.smoothing, "window": self.window,
+            "args": {"monitor": self.monitor, "mode": self.mode, "patience": self.patience, "window": self.window,
                      "z_threshold": self.z_threshold},
-            "attributes": {k: getattr(self, k) for k in (
-                "findings", "active", "recent", "ranges", "ema_accumulator", "ema_count", "best_smoothed", "first_smoothed",
-                "logs_since_improvement", "train_ema", "best_eval", "train_ema_at_best_eval")},
+            "attributes": {k: getattr(self, k) for k in ("findings", "active", "announced", "recent", "ranges")},
         }
 
     # --- episodes -------------------------------------------------------------------------------------------------
@@ -81,11 +81,13 @@ class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
         self.active.append(episode)
         self.findings.append({"kind": kind, "step": state.global_step, "message": message, "advice": advice})
         if state.is_world_process_zero:
-            logger.warning(f"[diagnostics] {message}. {advice}")
+            logger.warning(f"[diagnostics] {message}." + (f" {advice}" if advice else ""))
 
-    def _clear(self, episode: str):
+    def _clear(self, episode: str) -> bool:
         if episode in self.active:
             self.active.remove(episode)
+            return True
+        return False
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
@@ -98,37 +100,11 @@ class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
             episode = f"spike:{key}"
             if (z if mode == "min" else -z) > self.z_threshold:
                 self._report(state, episode, "spike", dx.spike_message(key, state.global_step, value, median, z),
-                             dx.ADVICE["unstable"])
+                             dx.ADVICE["spike"])
             else:
                 self._clear(episode)
         history.append(value)
         del history[: -self.window]
-
-    def _check_plateau(self, state, key: str, mode: str, value: float):
-        smoothed = self.smoother.update(value)
-        if self.first_smoothed is None:
-            self.first_smoothed = smoothed
-        if is_improvement(smoothed, self.best_smoothed, mode, self.min_delta, relative=True):
-            self.best_smoothed, self.logs_since_improvement = smoothed, 0
-            self._clear("plateau")
-            self._clear("collapse")
-            return
-        self.logs_since_improvement += 1
-        gain = metric_gain(self.first_smoothed, self.best_smoothed, mode)
-        lost = metric_gain(smoothed, self.best_smoothed, mode)
-        # Not a plateau: most of the gain is gone, for long enough that it is no spike (the spike check has those).
-        if gain > 0 and lost > dx.COLLAPSE_FRACTION * gain and self.logs_since_improvement >= min(self.patience, 10):
-            self._report(state, "collapse", "collapse",
-                         f"collapse at step {state.global_step}: smoothed {key} fell from its best "
-                         f"{self.best_smoothed:.4g} to {smoothed:.4g}, losing {lost / gain:.0%} of its gain since "
-                         f"the start ({self.first_smoothed:.4g})",
-                         dx.ADVICE["collapsed"])
-        elif self.logs_since_improvement >= self.patience:
-            self._report(state, "plateau", "plateau",
-                         f"plateau at step {state.global_step}: smoothed {key} has not improved by more than "
-                         f"{self.min_delta:.0%} for {self.logs_since_improvement} logs (best {self.best_smoothed:.4g}, "
-                         f"now {smoothed:.4g})",
-                         dx.ADVICE["plateau"])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "train_runtime" in logs:
@@ -138,10 +114,36 @@ class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
         except Exception as error:  # a diagnostic must never stop training
             logger.warning(f"TrainingDiagnosticsCallback: skipped a check ({type(error).__name__}: {error}).")
 
-    def _on_log(self, state, logs: dict):
-        if "eval_loss" in logs:
-            self._check_overfitting(state, float(logs["eval_loss"]))
+    def _add(self, entry: dict, step):
+        """One log into the curves: the monitored metric and every eval metric."""
+        if not isinstance(step, (int, float)):
             return
+        if self._key is None and not any(is_eval_key(key) for key in entry):
+            self._key = self.monitor or ("reward" if "reward" in entry else "loss")
+        for key, value in entry.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if key == self._key:
+                self._curve[0].append(float(step))
+                self._curve[1].append(float(value))
+            elif is_eval_key(key):
+                steps, values = self._eval.setdefault(key, ([], []))
+                steps.append(float(step))
+                values.append(float(value))
+
+    def _seed(self, state, logs: dict):
+        """After a resume, the curve so far from `state.log_history` (restored with the checkpoint); the Trainer
+        appends the current log to it before calling `on_log`, so that one comes from `logs`."""
+        self._seeded = True
+        history = list(state.log_history or [])
+        if history and all(k in history[-1] and history[-1][k] is v for k, v in logs.items()):
+            history.pop()
+        if self.monitor is None and any("reward" in entry for entry in history):
+            self._key = "reward"
+        for entry in history:
+            self._add(entry, entry.get("step"))
+
+    def _on_log(self, state, logs: dict):
         for key in ("loss", "grad_norm"):
             value = logs.get(key)
             if not isinstance(value, (int, float)):
@@ -151,28 +153,53 @@ class TrainingDiagnosticsCallback(SmoothedStateAttributes, StatefulCallback):
                              dx.ADVICE["diverged"])
                 continue
             self._clear(f"non_finite:{key}")
-            if key == "grad_norm":
+            if key == "grad_norm" or (key == "loss" and self._key not in (None, "loss")):
                 self._check_spike(state, key, float(value), "min")
-        monitor = self.monitor or ("reward" if "reward" in logs else "loss")
-        mode = self.mode or default_mode(monitor)
-        value = logs.get(monitor)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self._check_spike(state, monitor, float(value), mode)
-            self._check_plateau(state, monitor, mode, float(value))
-        loss = logs.get("loss")
-        if isinstance(loss, (int, float)) and math.isfinite(loss):
-            self.train_ema = loss if self.train_ema is None else 0.9 * self.train_ema + 0.1 * loss
+        if not self._seeded:
+            self._seed(state, logs)
+        self._add(logs, state.global_step)
+        points = len(self._curve[1])
+        if self._key is None or points < dx.MIN_POINTS:
+            return
+        if points > JUDGE_EVERY and points % (points // JUDGE_EVERY) and not any(is_eval_key(k) for k in logs):
+            return
+        self._judge(state, self._key, self.mode or default_mode(self._key), points)
 
-    def _check_overfitting(self, state, eval_loss: float):
-        if not math.isfinite(eval_loss):
-            return
-        if self.best_eval is None or eval_loss < self.best_eval:
-            self.best_eval, self.train_ema_at_best_eval = eval_loss, self.train_ema
-            self._clear("overfitting")
-            return
-        train_falling = (self.train_ema is not None and self.train_ema_at_best_eval is not None
-                         and self.train_ema < self.train_ema_at_best_eval)
-        if eval_loss > self.best_eval * (1 + dx.OVERFIT_FRACTION) and train_falling:
-            self._report(state, "overfitting", "overfitting",
-                         f"overfitting at step {state.global_step}: eval loss {eval_loss:.4g} is above its best "
-                         f"{self.best_eval:.4g} while the train loss keeps falling", dx.ADVICE["overfitting"])
+    def _judge(self, state, monitor: str, mode: str, points: int):
+        eval_key = eval_counterpart(self._eval, monitor)
+        eval_steps, eval_values = self._eval.get(eval_key, ([], []))
+        result = dx.diagnose(*self._curve, mode=mode, name=monitor, eval_steps=eval_steps, eval_values=eval_values,
+                             eval_name=eval_key or "eval_loss")
+        step = state.global_step
+        spikes = [f.step for f in result.findings if f.kind == "spike"]
+        for finding in result.findings:
+            if finding.kind != "spike" or finding.step <= self.announced.get("spike_step", -math.inf):
+                continue
+            # Spikes on consecutive logs are one episode, reported at its first log.
+            position = self._curve[0].index(finding.step)
+            if position == 0 or self._curve[0][position - 1] not in spikes:
+                self._clear(f"spike:{monitor}")
+                self._report(state, f"spike:{monitor}", "spike", finding.message, finding.advice)
+            self.announced["spike_step"] = finding.step
+        at = f"at step {step}"
+        if result.verdict == "collapsed":
+            self._report(state, "collapse", "collapse", f"collapse {at}: {result.reason}", result.advice)
+        elif self._clear("collapse"):
+            fall = next((f for f in reversed(result.findings) if f.kind in ("dip", "collapse", "past best")), None)
+            recovered = fall.message if fall else result.reason
+            self.findings.append({"kind": "recovered", "step": step, "message": recovered, "advice": ""})
+            if state.is_world_process_zero:
+                logger.warning(f"[diagnostics] {monitor} is no longer collapsed {at}: {recovered}.")
+        for kind in ("overfitting", "diverged"):
+            # A non-finite last value is already reported above, as it came.
+            if result.verdict == kind and math.isfinite(self._curve[1][-1]):
+                self._report(state, kind, kind, f"{kind} {at}: {result.reason}", result.advice)
+            else:
+                self._clear(kind)
+        if result.verdict == "plateau" and points >= self.patience:
+            last = self.announced.get("plateau")
+            if "plateau" not in self.active and (last is None or points - last >= self.patience):
+                self.announced["plateau"] = points
+                self._report(state, "plateau", "plateau", f"plateau {at}: {result.reason}", result.advice)
+        else:
+            self._clear("plateau")

@@ -253,30 +253,6 @@ def progress(steps: Sequence[float], times: Sequence[float | None], max_steps: i
     return out
 
 
-def best_events(steps: Sequence[float], values: Sequence[float], mode: str, smoothing: float = 0.6,
-                min_delta: float = 0.01, limit: int = 20) -> dict:
-    """The diagnostics log's "new best" lines and the plateau count, by the live diagnostics' rule: the smoothed
-    metric (TensorBoard's EMA, the monitor's 0.6) beats its best so far by more than `min_delta` (relative).
-
-    Returns:
-        {"new_best": the last `limit` of [{"step", "value", "smoothed"}], "logs_since_best": logs since the last
-        one (the live plateau warning comes at its `patience`, 50 by default)}.
-    """
-    from ..diagnostics import ema, is_finite, steps_since_improvement
-    from ..metric_rules import is_improvement
-
-    pairs = [(s, v) for s, v in zip(steps, values) if is_finite(v)]
-    if not pairs:
-        return {"new_best": [], "logs_since_best": 0}
-    smooth = ema([v for _, v in pairs], smoothing)
-    events, best = [], None
-    for (step, value), smoothed in zip(pairs, smooth):
-        if is_improvement(smoothed, best, mode, min_delta, relative=True):
-            best = smoothed
-            events.append({"step": json_number(step), "value": json_number(value), "smoothed": json_number(smoothed)})
-    return {"new_best": events[-limit:], "logs_since_best": steps_since_improvement(smooth, mode, min_delta)}
-
-
 AXES = ("x", "e", "t")
 
 

@@ -1,7 +1,6 @@
-"""Curve diagnostics: pure functions on (steps, values), shared by `monitor` and the live callbacks.
+"""Curve primitives on (steps, values): the EMA the plots draw, non-finite values and spikes.
 
-No torch: plain floats in, numpy only inside, so the monitor runs on a laptop without the training stack. The words and
-thresholds here are the ones every caller prints, so a finding reads the same live and post hoc.
+No torch: plain floats in, numpy only inside, so the monitor runs on a laptop without the training stack.
 """
 
 from __future__ import annotations
@@ -11,39 +10,14 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..metric_rules import gain as metric_gain
 from ..metric_rules import is_improvement
 
 
-VERDICTS = ("converged", "still improving", "plateau", "overfitting", "unstable", "collapsed", "diverged", "too short")
-# Relative change of the smoothed curve over its last quarter above which a run is "still improving".
-IMPROVING_FRACTION = 0.02
-# Share of the first-to-best improvement a run must have made to be called "converged" rather than "plateau".
-CONVERGED_FRACTION = 0.10
+from .words import ADVICE
+
 # Robust z-score (median/MAD over the trailing window) above which a point is a spike.
 SPIKE_Z = 6.0
 SPIKE_WINDOW = 20
-# A smoothed curve that gave back more than this share of its gain (first -> best) has collapsed.
-COLLAPSE_FRACTION = 0.5
-# Eval worse than its best by this share of the train improvement, while train still improves: overfitting.
-OVERFIT_FRACTION = 0.05
-ADVICE = {
-    "converged": "Training has flattened after improving: more steps will not help much; compare checkpoints or "
-    "change the data or model to go further.",
-    "still improving": "The metric is still moving the right way: train longer (raise --max-steps or "
-    "--num-train-epochs).",
-    "plateau": "The metric stopped improving early: raise the learning rate, check the data and reward, or for RL "
-    "raise --num-generations / lower --reward-threshold.",
-    "overfitting": "Eval is getting worse while train improves: stop earlier (the best checkpoint is at the eval "
-    "minimum), add data, regularise (weight decay, dropout, LoRA rank) or lower the learning rate.",
-    "unstable": "The curve has spikes: lower the learning rate, enable or tighten gradient clipping "
-    "(--max-grad-norm), or raise the batch size.",
-    "collapsed": "The metric improved, then lost most of that gain: lower the learning rate (or for RL raise beta, "
-    "the KL weight), and resume from the checkpoint at its best (--checkpoint-metric with --save-top-k keeps it).",
-    "diverged": "The run blew up (non-finite values or far worse than at the start): lower the learning rate, "
-    "check for bad data, and resume from a checkpoint before the divergence.",
-    "too short": "Too few logged points to judge: log more often (--logging-steps) or train longer.",
-}
 
 
 def is_finite(value) -> bool:
@@ -170,7 +144,7 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     sign = 1.0 if mode == "min" else -1.0
     return [
         Finding("spike", float(step_of[i]), spike_message(name, float(step_of[i]), float(x[i]), float(medians[i]),
-                                                          float(z[i])), ADVICE["unstable"], {"z": float(z[i])})
+                                                          float(z[i])), ADVICE["spike"], {"z": float(z[i])})
         for i in np.flatnonzero(sign * z > z_threshold)
     ]
 
@@ -191,114 +165,3 @@ def steps_since_improvement(values: Sequence[float], mode: str = "min", min_delt
         else:
             since += 1
     return since
-
-
-@dataclass
-class Diagnosis:
-    """The verdict on one curve (one of `VERDICTS`), why, and what to try."""
-
-    verdict: str
-    reason: str
-    advice: str
-    numbers: dict = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-
-
-def diagnose(
-    steps: Sequence[float],
-    values: Sequence[float],
-    *,
-    mode: str = "min",
-    name: str = "loss",
-    eval_steps: Sequence[float] = (),
-    eval_values: Sequence[float] = (),
-    smoothing: float = 0.6,
-) -> Diagnosis:
-    """Classify a training curve: converged, still improving, plateau, overfitting, unstable, diverged, too short.
-
-    Args:
-        steps, values: the monitored metric (train loss, or the reward for RL runs).
-        mode: ``"min"`` when lower is better (loss), ``"max"`` when higher is better (reward).
-        name: the metric's name, used in the messages.
-        eval_steps, eval_values: the eval loss, if any (overfitting needs it; always ``"min"``).
-        smoothing: TensorBoard EMA weight applied before judging trends.
-
-    Returns:
-        [`Diagnosis`] whose `numbers` hold the figures behind the verdict.
-    """
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode={mode!r} must be 'min' or 'max'.")
-    findings = find_non_finite(steps, values, name)
-    all_steps, all_values, finite = _as_arrays(steps, values)
-    finite_steps, finite_values = all_steps[finite].tolist(), all_values[finite].tolist()
-    if len(finite_values) < 4:
-        return Diagnosis("too short", f"only {len(finite_values)} finite {name} values", ADVICE["too short"],
-                         {"points": len(finite_values)}, findings)
-    smooth = ema(finite_values, smoothing)
-    first, final = smooth[0], smooth[-1]
-    best = min(smooth) if mode == "min" else max(smooth)
-    quarter = smooth[max(0, (3 * len(smooth)) // 4 - 1)]
-    scale = max(abs(metric_gain(first, best, mode)), abs(first) * 1e-3, 1e-12)
-    recent_change = metric_gain(quarter, final, mode) / scale
-    total_change = metric_gain(first, best, mode) / max(abs(first), abs(best), 1e-12)
-    numbers = {
-        "first": first, "final": final, "best": best, "points": len(finite_values),
-        "recent_change_of_total": recent_change, "total_change_relative": total_change,
-    }
-    # The live plateau rule (TrainingDiagnosticsCallback): logs since the smoothed curve last gained 1%.
-    numbers["logs_since_improvement"] = steps_since_improvement(smooth, mode, min_delta=0.01)
-    spikes = find_spikes(finite_steps, finite_values, name, mode=mode)
-    findings.extend(spikes)
-    numbers["spikes"] = len(spikes)
-
-    tail_non_finite = values and not is_finite(values[-1])
-    worse_than_start = metric_gain(first, final, mode) < -0.5 * max(abs(first), 1e-12)
-    if tail_non_finite or worse_than_start:
-        reason = (f"last {name} is {values[-1]}" if tail_non_finite
-                  else f"smoothed {name} went from {first:.4g} to {final:.4g}, far worse than at the start")
-        return Diagnosis("diverged", reason, ADVICE["diverged"], numbers, findings)
-
-    gain = metric_gain(first, best, mode)
-    given_back = metric_gain(final, best, mode)  # how far the end is from the best, the wrong way
-    if gain > CONVERGED_FRACTION * max(abs(first), abs(best), 1e-12) and given_back > COLLAPSE_FRACTION * gain:
-        best_step = finite_steps[smooth.index(best)]
-        numbers.update(best_step=best_step, given_back_of_gain=given_back / gain)
-        return Diagnosis(
-            "collapsed",
-            f"smoothed {name} reached {best:.4g} at step {best_step:g}, then fell back to {final:.4g}: "
-            f"{given_back / gain:.0%} of its gain since the start ({first:.4g}) is lost",
-            ADVICE["collapsed"], numbers, findings)
-
-    eval_pairs = [(s, v) for s, v in zip(eval_steps, eval_values) if is_finite(v)]
-    if len(eval_pairs) >= 3:
-        eval_only = [v for _, v in eval_pairs]
-        eval_best = min(eval_only)
-        eval_best_step = eval_pairs[eval_only.index(eval_best)][0]
-        gap = eval_only[-1] - eval_best
-        numbers.update(eval_best=eval_best, eval_best_step=eval_best_step, eval_final=eval_only[-1])
-        train_gain = metric_gain(first, final, mode)
-        if gap > OVERFIT_FRACTION * max(abs(eval_best), 1e-12) and train_gain > 0:
-            return Diagnosis(
-                "overfitting",
-                f"eval loss rose from its best {eval_best:.4g} (step {eval_best_step:g}) to {eval_only[-1]:.4g} "
-                f"while train {name} kept improving",
-                ADVICE["overfitting"], numbers, findings)
-
-    if len(spikes) >= 3 or len(spikes) > 0.05 * len(finite_values):
-        return Diagnosis("unstable", f"{len(spikes)} spikes in {len(finite_values)} points (robust z > {SPIKE_Z:g})",
-                         ADVICE["unstable"], numbers, findings)
-    if abs(total_change) <= CONVERGED_FRACTION:
-        return Diagnosis("plateau",
-                         f"smoothed {name} changed by only {final - first:+.4g} ({first:.4g} -> {final:.4g})",
-                         ADVICE["plateau"], numbers, findings)
-    if recent_change > IMPROVING_FRACTION:
-        return Diagnosis(
-            "still improving",
-            f"smoothed {name} went from {first:.4g} to {final:.4g}; the last quarter alone brought "
-            f"{recent_change:.0%} of that gain ({quarter:.4g} -> {final:.4g})",
-            ADVICE["still improving"], numbers, findings)
-    return Diagnosis(
-        "converged",
-        f"smoothed {name} went from {first:.4g} to {final:.4g} ({final - first:+.4g}) and the last quarter brought "
-        f"less than {IMPROVING_FRACTION:.0%} of that change",
-        ADVICE["converged"], numbers, findings)

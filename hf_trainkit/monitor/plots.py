@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..diagnostics import ema
+from ..metric_rules import eval_counterpart
 from .load import RunHistory, Series
 
 
@@ -201,7 +202,8 @@ class FigureWriter:
         train = run.train.get(key)
         if train is None or len(train) < 2:
             return None
-        eval_series = run.eval.get(f"eval_{key}")
+        eval_key = eval_counterpart(run.eval, key)
+        eval_series = run.eval.get(eval_key) if eval_key else None
         fig, axes = self.plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
         color = self.colors[id(run)]
         steps, values = train.finite()
@@ -211,7 +213,7 @@ class FigureWriter:
         ax = axes[0][0]
         draw_series(ax, run, train, color, f"train {key}", self.x, self.smooth)
         if eval_series is not None:
-            draw_series(ax, run, eval_series, "tab:red", f"eval_{key}", self.x, 0.0, linestyle="--", marker=".")
+            draw_series(ax, run, eval_series, "tab:red", eval_key, self.x, 0.0, linestyle="--", marker=".")
         self._axes_label(ax, "Train vs eval", key)
         ax = axes[0][1]
         deltas = [b - a for a, b in zip(values, values[1:])]
@@ -227,7 +229,7 @@ class FigureWriter:
             ax.plot(eval_steps, gap, marker="o", color="tab:red")
             ax.axhline(0, color="grey", linewidth=0.8)
         else:
-            ax.text(0.5, 0.5, f"no eval_{key} logged", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no eval metric for {key} logged", ha="center", va="center", transform=ax.transAxes)
         self._axes_label(ax, "Generalisation gap (eval - train)", "gap")
         ax = axes[1][1]
         window = max(5, len(values) // 20)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..diagnostics import diagnose, is_finite
-from ..metric_rules import default_mode
+from ..metric_rules import default_mode, eval_counterpart
 from .load import RunHistory, Series
 
 
@@ -67,10 +67,12 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
         return summary
     key, mode = monitored
     series = run.train.get(key) or run.eval.get(key)
-    eval_series = run.eval.get("eval_loss") if not run.is_rl else None
+    eval_key = eval_counterpart(run.eval, key) if key in run.train else None
+    eval_series = run.eval.get(eval_key) if eval_key else None
     diagnosis = diagnose(
-        series.steps, series.values, mode=mode, name=key, smoothing=smoothing,
+        series.steps, series.values, mode=mode, name=key,
         eval_steps=eval_series.steps if eval_series else (), eval_values=eval_series.values if eval_series else (),
+        eval_name=eval_key or "eval_loss",
     )
     # What a comparison ranks by: the mean of the last 10% of logs (at least 5), not the last batch, which in RL is
     # one batch's luck.
@@ -80,7 +82,8 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
                             "final_mean_of": len(tail)}
     summary["diagnosis"] = {
         "verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,
-        "numbers": diagnosis.numbers, "findings": [finding.message for finding in diagnosis.findings[:10]],
+        "numbers": diagnosis.numbers, "eval_metric": eval_key,
+        "findings": [finding.message for finding in diagnosis.findings[:10]],
     }
     return summary
 

@@ -291,10 +291,10 @@
       const list = $("findings");
       list.textContent = "";
       const mark = d && d.mode === "max" ? "higher" : "lower";
-      const best = d ? (d.new_best || []).map(e => "Step " + e.step + ": " + d.metric + "=" + fmt(e.value) +
-        " (smoothed " + fmt(e.smoothed) + ") ✓ NEW BEST") : [];
-      const plateau = d && d.logs_since_best ? ["No 1% improvement of the smoothed " + d.metric + " (" + mark +
-        " is better) for " + d.logs_since_best + " logs (the live plateau warning comes at 50)."] : [];
+      const best = d ? (d.new_best || []).map(e => "Step " + e.step + ": " + d.metric + " level " + fmt(e.value) +
+        " ± " + fmt(e.error) + " ✓ NEW BEST (beyond its noise)") : [];
+      const plateau = d && d.logs_since_best ? ["No improvement of " + d.metric + " beyond its noise (" + mark +
+        " is better) for " + d.logs_since_best + " logs."] : [];
       const lines = best.concat(body.findings, d ? d.findings.map(f => f.message) : [], plateau);
       lines.slice(-60).forEach(text => { const li = document.createElement("li"); li.textContent = text; list.appendChild(li); });
       $("report").textContent = "";
