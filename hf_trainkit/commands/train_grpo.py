@@ -27,6 +27,13 @@ def _min_delta(text: str) -> tuple[float, bool]:
     return (value / 100, True) if relative else (value, False)
 
 
+def _rounds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _mode(text: str) -> str:
     from ..rl.advantages import canonical_mode
 
@@ -72,6 +79,13 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           help="NSR/W-REINFORCE advantage magnitude of a negative sample")
     flag(rl, "loss-type", default=None, metavar="TYPE", help="TRL loss_type (default: TRL's)")
     flag(rl, "beta", type=non_negative_float, default=0.0, metavar="BETA", help="KL coefficient")
+    flag(rl, "keep-zero-variance-groups", action="store_true",
+          help="mode grpo: run the completions of groups with equal rewards (advantage 0) through the forward pass "
+          "too (default: skipped; the loss and the weights are the same either way)")
+    flag(rl, "dynamic-sampling", nargs="?", type=_rounds, const=3, default=None, metavar="ROUNDS",
+          help="replace the groups that teach the mode nothing (grpo: equal rewards; psr: no positive; nsr: no "
+          "negative) by informative groups for fresh prompts, up to ROUNDS extra generation rounds per batch "
+          "(3 without a value; default: off)")
 
     train = parser.add_argument_group("training")
     flag(train, "output-dir", default=None, metavar="DIR", help="where checkpoints and logs go (default: runs/MODE-SEED)")

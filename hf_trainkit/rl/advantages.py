@@ -181,6 +181,34 @@ def compute_mode_advantages(
     return ModeAdvantages(advantages=advantages, keep=keep, stats=stats)
 
 
+def teaching_rows(advantages: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The rows that add something to a policy-gradient loss: kept, with an advantage that is not exactly 0.
+
+    With no other term in the loss (no KL, no entropy bonus), a row of advantage 0 adds exactly 0 to the loss and
+    to the gradient of every `loss_type` TRL offers, so leaving it out of the forward pass changes nothing, as long
+    as the loss normaliser still counts it. In mode ``"grpo"`` these are the rows of the groups whose rewards all
+    differ from nothing: a group with equal rewards has advantage 0 everywhere.
+    """
+    return keep & (advantages != 0)
+
+
+def informative_groups(advantages: torch.Tensor, keep: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """One bool per group of `num_generations` consecutive rows: does the group teach the mode anything, i.e. does
+    it hold a kept row with a non-zero advantage? ``grpo``: rewards not all equal; ``psr``: a positive;
+    ``nsr``: a negative (with ``negative_weight > 0``); ``w-reinforce``: a scorable completion.
+
+    Example:
+
+    ```python
+    >>> informative_groups(torch.tensor([0.0, 0.0, 1.0, -1.0]), torch.ones(4, dtype=torch.bool), 2)
+    tensor([False,  True])
+    ```
+    """
+    if advantages.numel() % num_generations:
+        raise ValueError(f"{advantages.numel()} rows are not a whole number of groups of {num_generations}.")
+    return teaching_rows(advantages, keep).view(-1, num_generations).any(dim=1)
+
+
 def format_mode_line(mode: str, step: int, stats: dict[str, float], *, positive_weight: float = 0.1,
                      negative_weight: float = 1.0) -> str:
     """The per-step console line, in the paper's code's words:

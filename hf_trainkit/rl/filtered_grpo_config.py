@@ -35,6 +35,21 @@ class FilteredGRPOConfig(GRPOConfig):
         log_mode_summary (`bool`, *optional*, defaults to `True`):
             Print one console line per generation batch, e.g. `PSR [Step 3]: 5/8 positive samples | Avg reward: …`.
 
+        > Parameters that control groups that teach nothing
+
+        drop_zero_variance_groups (`bool`, *optional*, defaults to `True`):
+            Mode `"grpo"`: completions whose advantage is exactly 0 (every completion of a group with equal
+            rewards) never reach the model, and the loss keeps TRL's full-batch normaliser, so the loss, the
+            gradient and the weights are `GRPOTrainer`'s. Only where such rows add nothing to the loss: with
+            `beta != 0`, an entropy bonus, an aux loss or `top_entropy_quantile < 1` they are kept (one warning).
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            DAPO's dynamic sampling, per mode: a group that gives the mode nothing to learn from (grpo: all rewards
+            equal; psr: no positive; nsr: no negative; w-reinforce: nothing scorable) is replaced by an informative
+            group generated for fresh prompts of the training set, for up to `dynamic_sampling_max_rounds` extra
+            generation rounds per batch. Changes the algorithm (and the data seen); off by default.
+        dynamic_sampling_max_rounds (`int`, *optional*, defaults to `3`):
+            Extra generation rounds per batch at most (each draws a whole generation batch of fresh prompts).
+
     > [!NOTE]
     > In the filtered modes, dropped samples are removed from the batch before the forward pass: they cost no
     > compute and count in no loss denominator. `scale_rewards` only matters in `"grpo"` mode.
@@ -70,6 +85,26 @@ class FilteredGRPOConfig(GRPOConfig):
         metadata={"help": "Print one console line per generation batch with the mode's sample counts and reward."},
     )
 
+    drop_zero_variance_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "Mode 'grpo': completions with advantage exactly 0 (groups with equal rewards) never reach the "
+            "model; the loss, gradient and weights stay GRPOTrainer's (kept when beta != 0 or an entropy/aux term "
+            "reads them)."
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace groups that teach the mode nothing (grpo: equal rewards; psr: no positive; nsr: no "
+            "negative) by informative groups for fresh prompts, up to dynamic_sampling_max_rounds extra rounds."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=3,
+        metadata={"help": "Extra generation rounds per batch at most for dynamic_sampling."},
+    )
+
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             from transformers.utils import is_torch_bf16_gpu_available
@@ -91,6 +126,11 @@ class FilteredGRPOConfig(GRPOConfig):
                 )
         if self.starvation_warning_steps < 0:
             raise ValueError(f"{name}: starvation_warning_steps={self.starvation_warning_steps!r} must be >= 0.")
+        if self.dynamic_sampling_max_rounds < 0:
+            raise ValueError(
+                f"{name}: dynamic_sampling_max_rounds={self.dynamic_sampling_max_rounds!r} must be >= 0 (extra "
+                "generation rounds per batch)."
+            )
         if self.mode == "w-reinforce" and self.positive_weight == 0:
             raise ValueError(
                 f"{name}: mode='w-reinforce' with positive_weight=0 is NSR; use mode='nsr' or set positive_weight > 0."

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers.utils import logging
 from trl import GRPOTrainer
 
-from .advantages import compute_mode_advantages, format_mode_line, metric_prefix
+from .advantages import compute_mode_advantages, format_mode_line, metric_prefix, teaching_rows
 from .filtered_grpo_config import FilteredGRPOConfig
 from .rows import mask_rows, select_rows
 
@@ -76,6 +78,16 @@ class FilteredGRPOTrainer(GRPOTrainer):
         self._starved_batches = 0
         self._warned_non_row_aligned = False
         self._warned_padding = False
+        self._skip_zero_advantage_rows = args.mode == "grpo" and args.drop_zero_variance_groups
+        if self._skip_zero_advantage_rows:
+            reasons = self._zero_advantage_rows_cost()
+            if reasons:
+                self._skip_zero_advantage_rows = False
+                logger.warning(
+                    "FilteredGRPOTrainer: completions of zero-variance groups (advantage 0) still run their forward "
+                    f"and backward passes: with {' and '.join(reasons)} they are part of the loss. Set beta=0 (and no "
+                    "entropy/aux term) to skip them, or drop_zero_variance_groups=False to silence this."
+                )
 
     # --- scoring: the mode's advantages and kept rows -------------------------------------------------------------
 
@@ -94,15 +106,21 @@ class FilteredGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
+        return self._filter_batch(output, self._total_rewards(), mode)
+
+    def _filter_batch(self, output, rewards: torch.Tensor, mode: str):
+        """The mode's advantages, the rows that reach the model (`keep`) and those the loss normaliser counts
+        (`counted`, only where it differs from `keep`), and the mode metrics. `rewards` are the all-process total
+        rewards of the batch, so every rank takes every decision below alike."""
         args = self.args
-        rewards = self._total_rewards()
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         result = compute_mode_advantages(
             rewards.detach().float().cpu(),
             args.mode,
             threshold=args.reward_threshold,
             positive_weight=args.positive_weight,
             negative_weight=args.negative_weight,
-            num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
+            num_generations=num_generations,
             scale_rewards=self.scale_rewards,
         )
         local_size = output["completion_ids"].shape[0]
@@ -110,19 +128,34 @@ class FilteredGRPOTrainer(GRPOTrainer):
             self.accelerator.process_index * local_size, (self.accelerator.process_index + 1) * local_size
         )
         device = output["advantages"].device
+        keep_all, counted_all = result.keep, None
         if args.mode != "grpo":
             output["advantages"] = result.advantages[process_slice].to(device=device, dtype=output["advantages"].dtype)
             self._replace_logged_advantages(result.advantages)
-        # `result` comes from the all-process rewards, so this branch is taken on every rank or on none: the
-        # gather inside it is a collective.
-        if not bool(result.keep.all()):
-            keep = result.keep[process_slice].to(device)
-            loss_mask = output["completion_mask"]
-            if output.get("tool_mask") is not None:
-                loss_mask = loss_mask * output["tool_mask"]
-            kept_tokens = (loss_mask * keep.unsqueeze(1).to(loss_mask.dtype)).sum()
-            output["num_items_in_batch"] = self.accelerator.gather(kept_tokens).sum()
+        elif self._skip_zero_advantage_rows:
+            # TRL's own advantages of every process: a row is left out only where it is exactly 0, so what the
+            # model is not shown adds exactly nothing. The normaliser still counts it (`counted`).
+            all_advantages = self.accelerator.gather(output["advantages"].contiguous()).detach().float().cpu()
+            teaching = teaching_rows(all_advantages, keep_all)
+            if not torch.equal(teaching, keep_all):
+                keep_all, counted_all = teaching, keep_all
+                kept = int(teaching.sum())
+                total = result.stats["total_samples"]
+                result.stats.update(kept_samples=float(kept), kept_ratio=kept / total if total else math.nan)
+        # `keep_all` and `counted_all` come from all-process values, so this branch is taken on every rank or on
+        # none: the gather inside it is a collective.
+        if not bool(keep_all.all()):
+            keep = keep_all[process_slice].to(device)
+            counted = keep if counted_all is None else counted_all[process_slice].to(device)
+            if counted_all is None or not bool(counted_all.all()):
+                loss_mask = output["completion_mask"]
+                if output.get("tool_mask") is not None:
+                    loss_mask = loss_mask * output["tool_mask"]
+                counted_tokens = (loss_mask * counted.unsqueeze(1).to(loss_mask.dtype)).sum()
+                output["num_items_in_batch"] = self.accelerator.gather(counted_tokens).sum()
             output["keep"] = keep
+            if counted_all is not None:
+                output["counted"] = counted
 
         prefix = metric_prefix(args.mode)
         for name in LOGGED_STATS:
@@ -135,6 +168,19 @@ class FilteredGRPOTrainer(GRPOTrainer):
                       flush=True)
             self._check_starvation(result.stats, rewards)
         return output
+
+    def _zero_advantage_rows_cost(self) -> list[str]:
+        """What in the loss reads rows of advantage 0 (so that leaving them out would change it); empty if nothing."""
+        reasons = []
+        if self.beta != 0.0:
+            reasons.append(f"beta={self.beta} (the KL term)")
+        if self._entropy_bonus_enabled:
+            reasons.append("an entropy bonus (entropy_coef)")
+        if self.aux_loss_enabled:
+            reasons.append("the router aux loss")
+        if self.top_entropy_quantile < 1.0:
+            reasons.append(f"top_entropy_quantile={self.top_entropy_quantile} (a quantile over the whole batch)")
+        return reasons
 
     def _replace_logged_advantages(self, advantages: torch.Tensor):
         # TRL's completions table (log_completions) shows the advantages it computed; show the ones we train on.
@@ -179,6 +225,9 @@ class FilteredGRPOTrainer(GRPOTrainer):
         keep = inputs.get("keep")
         if keep is None:
             return super()._compute_loss(model, inputs)
+        # `counted`: the rows the loss normaliser counts. Without it, the kept rows (PSR/NSR: the loss of the kept
+        # samples alone); in mode grpo, every scorable row, flat ones included (TRL's normaliser).
+        counted = inputs.get("counted", keep)
         kept = int(keep.sum())
         size = self._rows_per_rank(kept, keep.device)
         selected = select_rows(inputs, keep, size)
@@ -193,7 +242,11 @@ class FilteredGRPOTrainer(GRPOTrainer):
             # Masked rows weigh like padding rows: the row-mean rescaling below takes them out of the mean.
             selected, size = mask_rows(inputs, keep), keep.shape[0]
         loss = super()._compute_loss(model, selected)
-        if 0 < kept < size and self.loss_type in _ROW_MEAN_LOSSES:
+        if kept == 0:
+            return loss
+        rows = int(counted.sum())
+        if self.loss_type in _ROW_MEAN_LOSSES and size != rows:
+            # TRL averaged over the `size` rows it was given (kept + zero-weight padding); the mean is over `rows`.
             if self._entropy_bonus_enabled or self.aux_loss_enabled:
                 if not self._warned_padding:
                     self._warned_padding = True
@@ -201,7 +254,14 @@ class FilteredGRPOTrainer(GRPOTrainer):
                                    f"loss_type={self.loss_type!r} counts the zero-weight rows that even out the "
                                    "kept counts across processes.")
             else:
-                loss = loss * (size / kept)
+                loss = loss * (size / rows)
+        elif self.loss_type == "bnpo" and "counted" in inputs:
+            # TRL's bnpo divides by the micro-batch's tokens: those of every counted row, not only the kept ones.
+            loss_mask = inputs["completion_mask"] if inputs.get("tool_mask") is None else (
+                inputs["completion_mask"] * inputs["tool_mask"])
+            kept_tokens = loss_mask[keep].sum().float().clamp(min=1.0)
+            counted_tokens = loss_mask[counted].sum().float().clamp(min=1.0)
+            loss = loss * (kept_tokens / counted_tokens)
         return loss
 
     # --- resume: weights saved under other names than the model's -----------------------------------------------

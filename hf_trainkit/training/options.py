@@ -162,6 +162,9 @@ def build_config(options: argparse.Namespace):
         max_completion_length=options.max_completion_length,
         temperature=options.temperature,
         beta=options.beta,
+        drop_zero_variance_groups=not options.keep_zero_variance_groups,
+        dynamic_sampling=options.dynamic_sampling is not None,
+        dynamic_sampling_max_rounds=3 if options.dynamic_sampling is None else options.dynamic_sampling,
         logging_steps=options.logging_steps,
         log_completions=options.log_completions,
         # W&B is owned by WandbEveryNCallback (see build_callbacks): keeping "wandb" out of report_to stops both

@@ -144,14 +144,19 @@ def test_grpo_advantages_are_trls(make_trainer):
     rewards = trainer._total_rewards()
     expected = compute_mode_advantages(rewards, "grpo", num_generations=8).advantages
     torch.testing.assert_close(batch["advantages"], expected, rtol=1e-5, atol=1e-6)
-    assert "keep" not in batch
+    # Rows of advantage 0 (zero-variance groups) stay out of the forward pass; the normaliser still counts them.
+    teaching = batch["advantages"] != 0
+    assert batch.get("keep", torch.ones_like(teaching)).tolist() == teaching.tolist()
+    assert bool(batch.get("counted", torch.ones_like(teaching)).all())
 
 
 def test_grpo_mode_is_identical_to_grpo_trainer(make_trainer):
+    """Bit for bit with every row in the forward pass; with zero-variance groups skipped (the default), equal to
+    float tolerance: see test_zero_variance_groups.py."""
     steps = 6
     plain = make_trainer("grpo", trainer_cls=GRPOTrainer, config_cls=GRPOConfig, max_steps=steps)
     plain.train()
-    ours = make_trainer("grpo", max_steps=steps)
+    ours = make_trainer("grpo", max_steps=steps, drop_zero_variance_groups=False)
     ours.train()
     plain_logs = [h for h in plain.state.log_history if "loss" in h]
     our_logs = [h for h in ours.state.log_history if "loss" in h]
@@ -181,6 +186,8 @@ def test_each_mode_trains_and_logs_its_metrics(make_trainer, capsys, mode):
         assert entry[f"{prefix}/positive_ratio"] == pytest.approx(entry["reward"])
         assert entry[f"{prefix}/negative_ratio"] == pytest.approx(1 - entry["reward"])
         kept = {"psr": positives, "nsr": negatives}.get(mode, 16)
+        if mode == "grpo":  # zero-variance groups (advantage 0) do not reach the model
+            kept = 16 * (1 - entry["frac_reward_zero_std"])
         assert entry[f"{prefix}/kept_ratio"] == pytest.approx(kept / 16)
     if mode == "w-reinforce":
         assert "w_reinforce/pos_neg_ratio" in logs[0]

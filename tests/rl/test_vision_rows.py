@@ -50,12 +50,12 @@ def make_vlm_trainer(tmp_path, vlm_parts):
 
     processor, dataset = vlm_parts
 
-    def factory(mode, **config):
+    def factory(mode, reward_funcs=alternating_reward, **config):
         args = FilteredGRPOConfig(
             output_dir=str(tmp_path / mode), mode=mode, per_device_train_batch_size=2 * NUM_GENERATIONS,
             num_generations=NUM_GENERATIONS, max_completion_length=4, report_to=[], save_strategy="no", bf16=False,
             log_mode_summary=False, **config)
-        return FilteredGRPOTrainer(model=build_tiny_vlm(processor, seed=0), reward_funcs=alternating_reward,
+        return FilteredGRPOTrainer(model=build_tiny_vlm(processor, seed=0), reward_funcs=reward_funcs,
                                    args=args, train_dataset=dataset, processing_class=processor)
 
     return factory
@@ -151,6 +151,37 @@ def test_vlm_loss_equals_trl_loss_on_kept_samples(make_vlm_trainer, loss_type, m
     assert len(ours) == len(theirs) > 0
     assert any(name.startswith("model.visual") for name, p in model.named_parameters() if p.grad is not None)
     for mine, ref in zip(ours, theirs):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-7)
+
+
+def first_group_flat(completions, **kwargs):
+    """The one-image prompt's group all right (zero variance), the two-image prompt's group alternating."""
+    return [1.0] * NUM_GENERATIONS + [float(i % 2 == 0) for i in range(NUM_GENERATIONS)]
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_vlm_grpo_skips_a_zero_variance_group_with_its_images_and_keeps_trls_loss(make_vlm_trainer, loss_type):
+    trainer = make_vlm_trainer("grpo", loss_type=loss_type, reward_funcs=first_group_flat)
+    model = trainer.model
+    model.train()
+    batch = trainer._generate_and_score_completions(generation_inputs(trainer))
+    keep = batch["keep"]
+    assert keep.tolist() == [False] * NUM_GENERATIONS + [True] * NUM_GENERATIONS
+    assert bool(batch["counted"].all())
+    recorder = VisionRecorder(model)
+    model.zero_grad()
+    loss = trainer._compute_loss(model, batch)
+    loss.backward()
+    ours = gradients(model)
+    recorder.remove()
+    assert recorder.batch_sizes == [NUM_GENERATIONS], "the flat group reached the forward pass"
+    assert recorder.pixel_rows == [kept_samples_batch(batch, keep)["pixel_values"].shape[0]], "its images did too"
+
+    model.zero_grad()  # TRL's loss on the whole batch, flat group included
+    reference = GRPOTrainer._compute_loss(trainer, model, {k: v for k, v in batch.items() if k not in ("keep", "counted")})
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
+    for mine, ref in zip(ours, gradients(model)):
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-7)
 
 
