@@ -242,3 +242,39 @@ def test_a_users_reward_needing_a_missing_column_is_warned_about_from_its_signat
     assert warning in wrong.stderr.splitlines(), wrong.stderr[-3000:]
     # ... and it is right: the call fails as it said (a warning, since a decorator could supply the argument).
     assert wrong.returncode != 0 and "missing 1 required positional argument: 'solution'" in wrong.stderr
+
+
+def test_help_states_the_defaults_runs_use_once_per_flag():
+    import re
+
+    from hf_trainkit.commands.train_grpo import parse_options, train_grpo_command_parser
+    from hf_trainkit.training.options import resolve_defaults
+
+    text = train_grpo_command_parser().format_help()
+    # flag -> its help text: after the flag names (two spaces or more, or the next line), up to the next flag
+    entries = {m.group(1): " ".join(m.group(3).split())
+               for m in re.finditer(r"^  (--[\w-]+)([^\n]*?(?:  |\n))((?:.*\n?)*?)(?=^  \S|^\S|\Z)", text,
+                                    flags=re.M)}
+    doubled = [flag for flag, help_ in entries.items() if help_.count("(default") > 1]
+    assert not doubled and "(default: None)" not in text, doubled
+    toy = resolve_defaults(parse_options(["--output-dir", "o"]))  # what a toy run gets
+    chart = resolve_defaults(parse_options(["--task", "chart", "--output-dir", "o"]))
+    assert toy.learning_rate == 3e-4 and chart.learning_rate == 1e-3  # the README's figures
+    assert "(default: 3e-4 for the built-in model, 1e-3 for the chart task's built-in VLM, else 1e-6" in (
+        entries["--learning-rate"])
+    assert f"(default: {toy.max_steps} for the toy task, {chart.max_steps} for the chart task, else -1" in (
+        entries["--max-steps"])
+    assert entries["--seed"].endswith("(default: 42)")
+
+
+@pytest.mark.parametrize("argv,meant", [(["--num-generation", "4"], "--num-generations"),
+                                        (["--learning-r", "1e-3"], "--learning-rate")])
+def test_an_abbreviated_flag_is_refused_with_the_flag_meant(argv, meant, capsys):
+    """argparse's prefix matching took `--num-generation 4` for `--num-generations 4` silently."""
+    from hf_trainkit.commands.train_grpo import parse_options
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_options(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"train_grpo.py: error: unrecognized arguments: {' '.join(argv)} "
+                                               f"(did you mean {meant}?) (see --help)")

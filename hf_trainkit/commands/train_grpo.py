@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from ..argparsing import OneLineArgumentParser, UsageError, flag, non_negative_float, positive_int, run_command
 from ..rl.advantages import MODES
-from ..training.options import toy_warmup_default
+from ..training.options import (CHART_TASK_DEFAULTS, MODEL_DEFAULTS, TASK_DEFAULTS, TINY_VLM_DEFAULTS,
+                                TOY_MODEL_DEFAULTS, TOY_TASK_DEFAULTS, toy_warmup_default)
 
 
 PROG = "train_grpo.py"
@@ -43,12 +45,45 @@ def _mode(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _value(value) -> str:
+    """3e-4, not 0.0003: a learning rate as the README and papers write it."""
+    if isinstance(value, float) and 0 < abs(value) < 0.01:
+        return f"{value:.0e}".replace("e-0", "e-")
+    return f"{value:g}"
+
+
+def _by_task(key: str) -> str:
+    """The defaults of `key` as --help states them, from the tables `resolve_defaults` applies (never retyped)."""
+    values = [_value(v) for v in (TOY_TASK_DEFAULTS[key], CHART_TASK_DEFAULTS[key], TASK_DEFAULTS[key])]
+    return "%s for the toy task, %s for the chart task, else %s (a --dataset)" % tuple(values)
+
+
+def _by_model(key: str) -> str:
+    values = [_value(v) for v in (TOY_MODEL_DEFAULTS[key], TINY_VLM_DEFAULTS[key], MODEL_DEFAULTS[key])]
+    if len(set(values)) == 1:
+        return values[0]
+    return "%s for the built-in model, %s for the chart task's built-in VLM, else %s (a --model)" % tuple(values)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" at the end of a flag's help, only where the help does not state its default in
+    words already (a default that follows the task or the model) and there is one to state (not None, not the False
+    of an on/off flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if re.search(r"\bdefault\b", text) or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=prog,
+        allow_abbrev=False,  # a typo (--num-generation) is an error with a "did you mean", never another flag
         description="Reward-filtered GRPO training (GRPO, PSR, NSR, W-REINFORCE). Without --model/--dataset it "
         "trains a tiny built-in model on a toy task on the CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     task = parser.add_argument_group("mode and task")
     flag(task, "mode", type=_mode, default="grpo", metavar="MODE", help=f"one of {', '.join(MODES)}")
@@ -91,17 +126,17 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(train, "output-dir", default=None, metavar="DIR", help="where checkpoints and logs go (default: runs/MODE-SEED)")
     flag(train, "seed", type=int, default=42, metavar="N", help="random seed")
     flag(train, "max-steps", type=int, default=None, metavar="N",
-          help="optimizer steps; -1 trains for --num-train-epochs (default: 200 for the toy task, else -1)")
+          help="optimizer steps; -1 trains for --num-train-epochs (default: %s)" % _by_task("max_steps"))
     flag(train, "num-train-epochs", type=float, default=1.0, metavar="N", help="epochs when --max-steps is -1")
     flag(train, "learning-rate", type=float, default=None, metavar="LR",
-          help="peak learning rate (default: 3e-3 for the toy task, else 1e-6)")
+          help="peak learning rate (default: %s)" % _by_model("learning_rate"))
     flag(train, "per-device-train-batch-size", type=positive_int, default=None, metavar="N",
-          help="completions per device per step (default: 16 for the toy task, else 8)")
+          help="completions per device per step (default: %s)" % _by_model("per_device_train_batch_size"))
     flag(train, "gradient-accumulation-steps", type=positive_int, default=1, metavar="N", help="accumulation steps")
     flag(train, "num-generations", type=positive_int, default=None, metavar="G",
-          help="completions per prompt (default: 8)")
+          help="completions per prompt (default: %s)" % _by_model("num_generations"))
     flag(train, "max-completion-length", type=positive_int, default=None, metavar="N",
-          help="max new tokens per completion (default: 4 for the toy task, else 256)")
+          help="max new tokens per completion (default: %s)" % _by_task("max_completion_length"))
     flag(train, "temperature", type=float, default=1.0, metavar="T", help="sampling temperature")
     flag(train, "max-grad-norm", type=non_negative_float, default=None, metavar="X",
           help="gradient clipping norm (0: no clipping; default: TRL's GRPOConfig, 1.0)")
@@ -109,7 +144,7 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           help="learning-rate warm-up: a number of steps, or a fraction of all steps if below 1 (default: TRL's)")
     flag(train, "lr-scheduler-type", default=None, metavar="TYPE",
           help="learning-rate schedule: linear, cosine, constant, constant_with_warmup, ... (default: TRL's)")
-    flag(train, "weight-decay", type=non_negative_float, default=None, metavar="W", help="AdamW weight decay")
+    flag(train, "weight-decay", type=non_negative_float, default=None, metavar="W", help="AdamW weight decay (default: TRL's, 0)")
     flag(train, "set", action="append", default=[], metavar="FIELD=VALUE", dest="config_overrides",
           help="any other field of FilteredGRPOConfig (TRL's GRPOConfig, transformers' TrainingArguments), e.g. "
           "--set gradient_checkpointing=true --set optim=adamw_torch_fused --set adam_beta2=0.99; repeatable")
@@ -155,7 +190,7 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(policy, "save-on-improvement", action="store_true",
           help="also save whenever --checkpoint-metric improves (interval saves: --save-steps)")
     flag(policy, "save-min-delta", type=_min_delta, default=(0.0, False), metavar="D|P%",
-          help="an improvement must exceed D (absolute) or P%% of the best value")
+          help="an improvement must exceed D (absolute) or P%% of the best value (default: 0: any improvement)")
     flag(policy, "checkpoint-smoothing", type=float, default=None, metavar="W",
           help="EMA weight in [0, 1) on the metric before comparing (default: 0.9 for training-log metrics, which "
           "are noisy per batch; 0 for eval_* metrics)")
