@@ -181,9 +181,9 @@ def finished_run_message(output_dir: str) -> str:
     where = f"{output_dir} ({TRAINING_COMPLETE})"
     if not (isinstance(step, int) and isinstance(max_steps, int) and step < max_steps):
         at = f" at step {step} of {max_steps}" if isinstance(step, int) and isinstance(max_steps, int) else ""
-        return (f"{where} already holds a finished run{at}: nothing to train. To train longer: a larger --max-steps (or "
-                "--num-train-epochs), which resumes from its last checkpoint; to train again from scratch: "
-                "--no-resume.")
+        return (f"{where} already holds a finished run{at}: nothing to train. To train longer: a larger "
+                "--max-steps (or --num-train-epochs), which resumes from its last checkpoint; to train again from "
+                "scratch: --no-resume.")
     stopped_by = read_marker(checkpoint_dir(output_dir, step)).get("stopped_by")
     how = {"control request": " by a stop request (hf-trainkit control stop)",
            "early stopping": " by early stopping"}.get(stopped_by, "")

@@ -72,7 +72,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if re.search(r"\bdefault\b", text) or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+        if re.search(r"\bdefault\b", text) or action.default in (None, argparse.SUPPRESS, []) or action.nargs == 0:
             return text
         return super()._get_help_string(action)
 
@@ -144,7 +144,8 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           help="learning-rate warm-up: a number of steps, or a fraction of all steps if below 1 (default: TRL's)")
     flag(train, "lr-scheduler-type", default=None, metavar="TYPE",
           help="learning-rate schedule: linear, cosine, constant, constant_with_warmup, ... (default: TRL's)")
-    flag(train, "weight-decay", type=non_negative_float, default=None, metavar="W", help="AdamW weight decay (default: TRL's, 0)")
+    flag(train, "weight-decay", type=non_negative_float, default=None, metavar="W",
+          help="AdamW weight decay (default: TRL's, 0)")
     flag(train, "set", action="append", default=[], metavar="FIELD=VALUE", dest="config_overrides",
           help="any other field of FilteredGRPOConfig (TRL's GRPOConfig, transformers' TrainingArguments), e.g. "
           "--set gradient_checkpointing=true --set optim=adamw_torch_fused --set adam_beta2=0.99; repeatable")
