@@ -224,7 +224,8 @@ def format_mode_line(mode: str, step: int, stats: dict[str, float], *, positive_
     mode = canonical_mode(mode)
     total = int(stats["total_samples"])
     positives, negatives = int(stats["positive_samples"]), int(stats["negative_samples"])
-    tail = f" | Avg reward: {stats['avg_reward']:.3f}"
+    kept = stats["avg_reward"]  # NaN when no sample enters the loss (PSR without a positive, NSR without a negative)
+    tail = f" | Avg reward: {kept:.3f}" if math.isfinite(kept) else " | Avg reward: — (none kept)"
     batch = f" | Batch reward: {stats['batch_reward']:.3f}"
     if mode == "psr":
         return f"PSR [Step {step}]: {positives}/{total} positive samples{tail}{batch}"
