@@ -40,7 +40,7 @@ logger = logging.get_logger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 CONNECTION_TIMEOUT_SECONDS = 10.0  # per socket read of a body
 HEADER_SECONDS = 5.0  # for the whole request line and headers of each request (a kept-alive one too)
-MAX_CONNECTIONS = 64  # served at once; one more sheds the oldest waiting for its headers
+MAX_CONNECTIONS = 256  # served at once (a thread each, mostly blocked); one more sheds the oldest waiting for headers
 LISTEN_BACKLOG = 512  # a burst waits in the kernel's queue instead of being refused
 NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only ('²'.isdigit() is True), short of int()'s length limit
 
@@ -60,7 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
-        words = self.raw_requestline.decode("iso-8859-1").split()
+        self.command, self.requestline = None, self.raw_requestline.decode("iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
         if len(words) == 3 and not re.fullmatch(r"HTTP/1\.[01]", words[2]) and words[2].startswith("HTTP/"):
             self.request_version, self.close_connection = "HTTP/1.0", True
             self.send_error(505, f"{words[2][:20]} is not supported: send HTTP/1.1")
@@ -217,10 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Connection:
-    __slots__ = ("sock", "opened", "deadline", "authenticated")
+    __slots__ = ("sock", "opened", "deadline", "authenticated", "requests")
 
     def __init__(self, sock, deadline: float):
         self.sock, self.opened, self.deadline, self.authenticated = sock, time.monotonic(), deadline, False
+        self.requests = 0  # begun on it: past the first, an idle kept-alive connection is closed without a 408
 
 
 class ControlServer(ThreadingHTTPServer):
@@ -254,6 +256,7 @@ class ControlServer(ThreadingHTTPServer):
             connection = self._connections.get(id(sock))
             if connection is not None:
                 connection.deadline = time.monotonic() + self.header_seconds
+                connection.requests += 1
 
     def _busy(self, sock):
         with self._lock:
@@ -289,7 +292,7 @@ class ControlServer(ThreadingHTTPServer):
                 for connection in late:
                     self._connections.pop(id(connection.sock), None)
             for connection in late:
-                self._drop(connection, timeout)
+                self._drop(connection, timeout if connection.requests <= 1 else None)
 
     def process_request(self, request, client_address):
         with self._lock:
