@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from hf_trainkit.diagnostics import diagnose, ema, find_spikes, steps_since_improvement
+from hf_trainkit.diagnostics import diagnose, ema, find_spikes, new_bests, steps_since_improvement
 
 
 def tensorboard_ema(values, weight):
@@ -113,23 +113,116 @@ def test_batch_means_of_0_1_rewards_are_not_spikes_but_a_real_drop_is():
     assert [finding.step for finding in spikes] == [251]
 
 
-def test_a_reward_that_rose_and_fell_back_has_collapsed_not_converged():
-    steps = list(range(1, 201))
-    reward = [0.3 + 0.3 * min(s, 100) / 100 - (0.3 * (s - 100) / 100 if s > 100 else 0) for s in steps]
-    result = diagnose(steps, reward, mode="max", name="reward")
-    assert result.verdict == "collapsed"
-    assert "raise the learning rate" not in result.advice and "lower the learning rate" in result.advice
-    assert "step 101" in result.reason and "%" in result.reason
-    # The percentage it prints is the share of the gain lost, computed plainly from the smoothed curve:
-    smooth = ema(reward, 0.6)
-    lost = (max(smooth) - smooth[-1]) / (max(smooth) - smooth[0])
-    assert f"{lost:.0%} of its gain" in result.reason
+def rewards_of(rate, points, samples, seed):
+    """A logged GRPO reward: the mean of `samples` 0/1 completions drawn with success rate `rate(t)`, t in [0, 1]."""
+    rng = random.Random(seed)
+    return [sum(rng.random() < rate(i / (points - 1)) for _ in range(samples)) / samples for i in range(points)]
 
 
-def test_changes_are_reported_as_differences_not_as_percentages_of_something_else():
-    steps = list(range(1, 101))
-    reward = [0.125 + 0.66 * (1 - math.exp(-s / 10)) for s in steps]
-    result = diagnose(steps, reward, mode="max", name="reward")
+def verdicts(rate, points=200, samples=16, seeds=40, **kwargs):
+    return [diagnose(range(1, points + 1), rewards_of(rate, points, samples, seed), mode="max", name="reward",
+                     **kwargs).verdict for seed in range(seeds)]
+
+
+# The noise a real GRPO log has: each reward the mean of 16 (or 4) right/wrong completions, +-0.1 by chance alone.
+
+
+def test_pure_noise_is_a_plateau_never_a_collapse():
+    for samples in (4, 16):
+        found = verdicts(lambda t: 0.3, samples=samples)
+        assert found.count("plateau") >= 36, found  # >= 90 %
+        assert sum(v in ("collapsed", "diverged", "overfitting") for v in found) <= 2, found  # <= 5 % false alarms
+
+
+def test_a_reward_that_improved_and_stayed_is_converged_not_still_improving():
+    found = verdicts(lambda t: 0.15 + 0.55 * (1 - math.exp(-t / 0.1)))
+    assert found.count("converged") >= 36, found
+
+
+def test_a_reward_rising_to_the_end_is_still_improving():
+    found = verdicts(lambda t: 0.15 + 0.6 * t)
+    assert found.count("still improving") >= 36, found
+
+
+def test_a_transient_dip_is_found_and_said_to_have_recovered():
+    rate = lambda t: 0.15 + 0.55 * (1 - math.exp(-t / 0.1)) - (0.4 if 0.45 <= t < 0.6 else 0)  # noqa: E731
+    result = diagnose(range(1, 201), rewards_of(rate, 200, 16, seed=3), mode="max", name="reward")
     assert result.verdict == "converged"
-    assert "%)" not in result.reason.split("and the last quarter")[0]
-    assert f"({result.numbers['final'] - result.numbers['first']:+.4g})" in result.reason
+    dips = [f for f in result.findings if f.kind == "dip"]
+    assert len(dips) == 1 and "recovered by step" in dips[0].message
+    # The fall lies inside steps 91..120 (t = 0.45 .. 0.6), where the test put it.
+    assert 90 <= dips[0].numbers["worst_step"] <= 125
+
+
+def test_a_collapse_says_how_far_it_fell_in_the_metrics_units_with_an_interval():
+    # Up from 0.15 to 0.7 by step 90, down to 0.2 by step 140, then flat: a fall of 0.5 in success rate.
+    rate = lambda t: 0.15 + 0.55 * min(t / 0.45, 1) - (0.5 * min((t - 0.45) / 0.25, 1) if t > 0.45 else 0)  # noqa
+    for seed in range(10):
+        result = diagnose(range(1, 201), rewards_of(rate, 200, 16, seed), mode="max", name="reward")
+        assert result.verdict == "collapsed"
+        assert "%" not in result.reason and "lower the learning rate" in result.advice
+        fall = next(f for f in result.findings if f.kind == "collapse")
+        half_width = 1.96 * fall.numbers["drop_se"]
+        # Measured from the best window to the last one (each a tenth of the run): the best sits on the peak's
+        # shoulder, at most what the rate moves over half a window (0.55 / 0.45 * 0.05 ~ 0.06) below the true 0.7,
+        # and the best of ~20 windows is picked upwards by its noise (about one standard error).
+        assert 0.5 - 0.07 - half_width <= fall.numbers["drop"] <= 0.5 + 1.5 * half_width
+        assert f"fell {fall.numbers['drop']:.2g} ± {half_width:.1g} from its best" in result.reason
+        assert 70 <= fall.numbers["best_step"] <= 100
+
+
+def test_a_loss_that_blows_up_has_diverged():
+    rng = random.Random(0)
+    loss = [(2.0 * math.exp(-s / 24) + 0.4) * (math.exp((s - 160) / 10) if s > 160 else 1) * (1 + 0.1 * rng.gauss(0, 1))
+            for s in range(200)]
+    assert diagnose(range(200), loss).verdict == "diverged"
+
+
+def test_overfitting_is_eval_worse_than_its_noise_and_names_the_eval_metric():
+    rng = random.Random(1)
+    train = [(2.0 * math.exp(-s / 60) + 0.3) * (1 + 0.05 * rng.gauss(0, 1)) for s in range(1, 201)]
+    eval_steps = list(range(20, 201, 20))
+    rising = [0.9 + 3.0 * (s / 200 - 0.4) ** 2 + 0.005 * rng.gauss(0, 1) for s in eval_steps]
+    result = diagnose(range(1, 201), train, eval_steps=eval_steps, eval_values=rising)
+    assert result.verdict == "overfitting" and result.reason.startswith("eval_loss rose")
+    # An eval reward falls when it overfits: named and judged as a reward (higher is better).
+    reward = [0.2 + 0.6 * (1 - math.exp(-s / 40)) + 0.05 * rng.gauss(0, 1) for s in range(1, 201)]
+    falling = [0.6 - 0.8 * (s / 200 - 0.4) ** 2 * (s > 80) for s in eval_steps]
+    result = diagnose(range(1, 201), reward, mode="max", name="reward", eval_steps=eval_steps,
+                      eval_values=falling, eval_name="eval/mean_reward")
+    assert result.verdict == "overfitting" and result.reason.startswith("eval/mean_reward fell")
+    # An eval that only wobbles within its noise is no overfitting.
+    wobble = [0.8 + 0.01 * rng.gauss(0, 1) for _ in eval_steps]
+    assert diagnose(range(1, 201), train, eval_steps=eval_steps, eval_values=wobble).verdict != "overfitting"
+
+
+def test_the_verdict_never_contradicts_its_findings():
+    shapes = [lambda t: 0.3, lambda t: 0.15 + 0.6 * t, lambda t: 0.7 - 0.5 * (t > 0.6),
+              lambda t: 0.2 + 0.5 * (0.3 < t < 0.5), lambda t: 0.15 + 0.55 * (1 - math.exp(-t / 0.1))]
+    for shape in shapes:
+        for seed in range(10):
+            result = diagnose(range(1, 151), rewards_of(shape, 150, 8, seed), mode="max", name="reward")
+            advice = [result.advice] + [f.advice for f in result.findings]
+            assert not (any("raise the learning rate" in a for a in advice)
+                        and any("lower the learning rate" in a for a in advice))
+            for finding in result.findings:
+                if finding.kind == "collapse" and result.verdict != "collapsed":
+                    assert "partly back" in finding.message
+            assert (result.verdict == "collapsed") <= any(f.kind == "collapse" for f in result.findings)
+
+
+def test_few_points_are_not_enough_evidence():
+    result = diagnose(range(1, 6), [0.1, 0.5, 0.2, 0.6, 0.3], mode="max", name="reward")
+    assert result.verdict == "too short" and "not enough evidence" in result.reason
+    # 30 logs of 4-sample rewards that moved by chance: a plateau that says the evidence is thin, not a verdict.
+    short = diagnose(range(1, 31), rewards_of(lambda t: 0.3, 30, 4, seed=5), mode="max", name="reward")
+    assert short.verdict == "plateau" and "not enough evidence yet" in short.reason
+
+
+def test_new_bests_are_beyond_the_noise_only():
+    flat = rewards_of(lambda t: 0.3, 400, 16, seed=2)
+    rising = rewards_of(lambda t: 0.1 + 0.8 * t, 400, 16, seed=2)
+    assert len(new_bests(range(400), flat, "max")["new_best"]) <= 2  # the first level, and rarely one lucky window
+    events = new_bests(range(400), rising, "max", limit=100)["new_best"]
+    assert len(events) >= 5 and all(b["value"] > a["value"] for a, b in zip(events, events[1:]))
+    assert new_bests([1, 2], [float("nan"), None], "min") == {"new_best": [], "logs_since_best": 0}

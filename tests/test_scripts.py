@@ -278,3 +278,56 @@ def test_an_abbreviated_flag_is_refused_with_the_flag_meant(argv, meant, capsys)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == (f"train_grpo.py: error: unrecognized arguments: {' '.join(argv)} "
                                                f"(did you mean {meant}?) (see --help)")
+
+
+def test_the_console_has_no_warning_a_user_cannot_act_on(tmp_path):
+    """DeepSpeed's CPU notice on a machine without an accelerator, the Trainer's missing `lm_head.weight` on every
+    resume of a model with tied embeddings, and a `nan` average when no sample enters the loss."""
+    out = tmp_path / "run"
+    common = ["--mode", "psr", "--reward-threshold", "2.0", "--output-dir", out, "--save-steps", "2", "--eval-every",
+              "0", "--no-loss-curve"]
+    first = run_script(TRAIN, *common, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_script(TRAIN, *common, "--max-steps", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {out / 'checkpoint-2'}" in resumed.stdout
+    console = first.stdout + first.stderr + resumed.stdout + resumed.stderr + (out / "logs" / "train.log").read_text()
+    assert "Setting accelerator to CPU" not in console
+    assert "There were missing keys" not in console
+    mode_lines = re.findall(r"PSR \[Step \d+\]: .*", console)
+    assert len(mode_lines) >= 4 and all(": 0/16 positive samples | Avg reward: — (none kept) | Batch reward: " in line
+                                        for line in mode_lines), mode_lines
+    assert not any("nan" in line for line in mode_lines)
+
+
+def test_the_missing_keys_filter_drops_only_tied_weights_that_were_loaded(toy_tokenizer):
+    import logging
+
+    from hf_trainkit.library_noise import expect_tied_weights, filter_library_noise
+    from hf_trainkit.toy import build_tiny_model
+
+    filter_library_noise()
+    model = build_tiny_model(toy_tokenizer, seed=0)
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # the toy model ties its embeddings
+    expect_tied_weights(model)
+    embeddings = next(name for name, p in model.named_parameters() if p is model.lm_head.weight)
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger, deepspeed = logging.getLogger("transformers.trainer"), logging.getLogger("DeepSpeed")
+    logger.addHandler(handler)
+    deepspeed.addHandler(handler)  # DeepSpeed's logger does not propagate
+    try:
+        for missing in (["lm_head.weight"], ["model.norm.weight"], ["lm_head.weight", embeddings]):
+            logger.warning(f"There were missing keys in the checkpoint model loaded: {missing}.")
+        deepspeed.warning("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to "
+                          "detect it.")  # this machine has no accelerator (the tests run on the CPU)
+        deepspeed.warning("Setting accelerator to CPU.")
+        logger.warning("There were unexpected keys in the checkpoint model loaded: ['extra.weight'].")
+    finally:
+        logger.removeHandler(handler)
+        deepspeed.removeHandler(handler)
+    assert said == ["There were missing keys in the checkpoint model loaded: ['model.norm.weight'].",
+                    f"There were missing keys in the checkpoint model loaded: ['lm_head.weight', '{embeddings}'].",
+                    "Setting accelerator to CPU.",
+                    "There were unexpected keys in the checkpoint model loaded: ['extra.weight']."]

@@ -15,7 +15,8 @@ from ..checkpointing.policy import best_checkpoints
 from ..checkpointing.rotate import checkpoints_to_delete
 from ..checkpointing.save_request import request_save, saving_enabled
 from ..constants import checkpoint_dir
-from ..metric_rules import SmoothedMetric, check_mode, default_mode, default_smoothing, is_improvement
+from ..diagnostics import OnlineNoise
+from ..metric_rules import SmoothedMetric, check_mode, default_mode, default_smoothing, is_eval_key, is_improvement
 from ..distributed import broadcast_float
 from .callback_group import CallbackGroup
 from .checkpoint_manager import CheckpointManagerCallback
@@ -61,6 +62,9 @@ class CheckpointPolicyCallback(CallbackGroup):
         relative_delta (`bool`, *optional*, defaults to `False`): read `min_delta` as a fraction of |best|.
         smoothing (`float`, *optional*): EMA weight in [0, 1) (default: see above).
         strict (`bool`, *optional*, defaults to `True`): a `monitor` that is never logged is an error.
+        noise_aware (`bool`, *optional*, defaults to `True`): for a training-log metric (not `eval_*`), an
+            improvement must also beat the best by more than the metric's noise (estimated from its successive
+            differences, as `hf-trainkit monitor`'s diagnosis does), so one lucky batch does not trigger a save.
         save_total_limit, protected, mirror: [`CheckpointManagerCallback`]'s arguments.
         handle_signals (`bool`, *optional*, defaults to `True`): save and stop on SIGTERM/SIGINT/SIGHUP (False when
             a `LiveControlCallback` of your own handles them).
@@ -69,7 +73,8 @@ class CheckpointPolicyCallback(CallbackGroup):
     def __init__(self, monitor: str | None = None, mode: str | None = None, save_top_k: int | None = None,
                  save_on_improvement: bool = False, min_delta: float = 0.0, relative_delta: bool = False,
                  smoothing: float | None = None, strict: bool = True, save_total_limit: int | None = None,
-                 protected: list[str] | None = None, mirror=None, handle_signals: bool = True, node_layout=None):
+                 protected: list[str] | None = None, mirror=None, handle_signals: bool = True, node_layout=None,
+                 noise_aware: bool = True):
         if monitor is None and (save_top_k is not None or save_on_improvement):
             raise ValueError("CheckpointPolicyCallback: save_top_k and save_on_improvement need a monitor (a logged "
                              "key such as 'eval_loss' or 'reward').")
@@ -90,6 +95,9 @@ class CheckpointPolicyCallback(CallbackGroup):
         self.best: float | None = None
         self.current: float | None = None
         self.smoother = SmoothedMetric(smoothing)
+        # Training-log metrics are one batch each: a save on improvement needs a gain beyond their noise (as the
+        # diagnosis calls one). Eval metrics average a whole eval set and are compared as they are.
+        self.noise = OnlineNoise() if noise_aware and monitor and not is_eval_key(monitor) else None
         self._seen_keys: list[str] = []
         self._warned_missing = False
         self._restored = True
@@ -123,9 +131,13 @@ class CheckpointPolicyCallback(CallbackGroup):
         if saved.get("key") == self.monitor:
             self.best, self.current = saved.get("best"), saved.get("value")
             self.smoother.load_state_dict(saved)
+            if self.noise is not None:
+                self.noise.load_state_dict(saved)
 
     def observe(self, value: float) -> bool:
         """Take one logged value; whether it is an improvement worth a save (pure of the Trainer: testable)."""
+        if self.noise is not None:
+            self.noise.observe(value)
         value = self.smoother.update(value)
         if not math.isfinite(value):
             return False
@@ -133,10 +145,12 @@ class CheckpointPolicyCallback(CallbackGroup):
         if self.best is None:
             self.best = value  # the baseline: nothing to improve on yet
             return False
-        if is_improvement(value, self.best, self.mode, self.min_delta, self.relative_delta):
-            self.best = value
-            return True
-        return False
+        if not is_improvement(value, self.best, self.mode, self.min_delta, self.relative_delta):
+            return False
+        if self.noise is not None and not self.noise.improves(value, self.best, self.mode, smoothing=self.smoothing):
+            return False
+        self.best = value
+        return True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         super().on_log(args, state, control, logs=logs, **kwargs)
@@ -164,7 +178,8 @@ class CheckpointPolicyCallback(CallbackGroup):
         if not self.monitor or self.current is None:
             return {}
         return {"monitor": {"key": self.monitor, "mode": self.mode, "value": self.current, "best": self.best,
-                            "smoothing": self.smoothing, **self.smoother.state_dict()}}
+                            "smoothing": self.smoothing, **self.smoother.state_dict(),
+                            **(self.noise.state_dict() if self.noise is not None else {})}}
 
     def checkpoints_to_delete(self, checkpoints: list, protected: set[str]) -> list:
         """The keep-rule of best-N: the `save_top_k` best by the monitored value, the newest and the protected stay."""

@@ -10,6 +10,7 @@ from transformers.utils import logging
 from .stateful import StatefulCallback
 
 from ..argparsing import UsageError
+from ..diagnostics import OnlineNoise
 from ..checkpointing.save_request import request_save, saving_enabled
 from ..metric_rules import (MONITOR_OP, SmoothedMetric, SmoothedStateAttributes, check_mode, is_eval_key,
                             is_improvement)
@@ -70,11 +71,17 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
             noisy RL rewards (a lucky batch is not an improvement); 0 compares raw values.
         strict (`bool`, *optional*, defaults to `True`): a `monitor` that is never logged is an error (listing the
             keys that were logged); with `False` a warning.
+        noise_aware (`bool`, *optional*, defaults to `True`): for a training-log metric (not `eval_*`), an
+            improvement must also beat the best by more than the metric's noise: 2.33 standard errors of the
+            difference of two (smoothed) values, the noise estimated from the successive differences of the values
+            seen (after 8 of them; before, `min_delta` alone), as `hf-trainkit monitor`'s diagnosis does. A lucky
+            batch then neither resets the countdown nor becomes the bar to beat.
     """
 
     def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
                  check_finite: bool = True, stopping_threshold: float | None = None,
-                 divergence_threshold: float | None = None, smoothing: float = 0.0, strict: bool = True):
+                 divergence_threshold: float | None = None, smoothing: float = 0.0, strict: bool = True,
+                 noise_aware: bool = True):
         if not monitor:
             raise ValueError("MetricEarlyStoppingCallback: monitor is empty; name a logged key such as 'eval_loss'.")
         check_mode(mode, "MetricEarlyStoppingCallback")
@@ -87,6 +94,10 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.check_finite, self.stopping_threshold = check_finite, stopping_threshold
         self.divergence_threshold, self.smoothing, self.strict = divergence_threshold, smoothing, strict
+        self.noise_aware = noise_aware
+        # Training-log metrics are one batch each: an improvement must beat the best by more than their noise (the
+        # diagnosis's notion). Eval metrics average a whole eval set and are compared as they are.
+        self.noise = OnlineNoise() if noise_aware and not is_eval_key(monitor) else None
         self.best: float | None = None
         self.wait = 0
         self.smoother = SmoothedMetric(smoothing)
@@ -101,8 +112,9 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
                      "min_delta": self.min_delta, "check_finite": self.check_finite,
                      "stopping_threshold": self.stopping_threshold,
                      "divergence_threshold": self.divergence_threshold, "smoothing": self.smoothing,
-                     "strict": self.strict},
+                     "strict": self.strict, "noise_aware": self.noise_aware},
             "attributes": {"best": self.best, "wait": self.wait, **self.smoother.state_dict(),
+                           "noise_state": self.noise_state,
                            "stopped_step": self.stopped_step, "stopping_reason": self.stopping_reason},
         }
 
@@ -114,6 +126,8 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
             if self.check_finite:
                 return StoppingCheck(True, f"{name} is {value}: stopping (check_finite=True)")
             return StoppingCheck(False)
+        if self.noise is not None:
+            self.noise.observe(value)
         value = self.smoother.update(value)
         better = MONITOR_OP[self.mode]
         if self.divergence_threshold is not None and better(self.divergence_threshold, value):
@@ -121,12 +135,13 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
                                        f"{self.divergence_threshold}")
         if self.stopping_threshold is not None and not better(self.stopping_threshold, value):
             return StoppingCheck(True, f"{name}={value:.4g} reached stopping_threshold={self.stopping_threshold}")
-        if is_improvement(value, self.best, self.mode, self.min_delta):
+        if (self.noise.improves(value, self.best, self.mode, self.min_delta, smoothing=self.smoothing)
+                if self.noise is not None else is_improvement(value, self.best, self.mode, self.min_delta)):
             self.best, self.wait = value, 0
             return StoppingCheck(False)
         self.wait += 1
         if self.wait >= self.patience:
-            return StoppingCheck(True, f"{name} did not improve by more than {self.min_delta} for {self.wait} "
+            return StoppingCheck(True, f"{name} did not improve by more than {self._margin()} for {self.wait} "
                                        f"checks (best {self.best:.4g})")
         return StoppingCheck(False)
 
@@ -148,9 +163,28 @@ class MetricEarlyStoppingCallback(SmoothedStateAttributes, StatefulCallback):
         elif self.wait * 2 > self.patience and state.is_world_process_zero:
             # The countdown of the last half of the patience: what a user watching the console or the dashboard
             # wants to know before the stop, not after it.
-            logger.warning(f"Early stopping countdown at step {state.global_step}: {self.monitor} has not improved "
-                           f"for {self.wait} of {self.patience} checks (best {self.best:.4g}); "
+            beyond = f" by more than {self._margin()}" if self._noise_margin() else ""
+            logger.warning(f"Early stopping countdown at step {state.global_step}: {self.monitor} has not improved"
+                           f"{beyond} for {self.wait} of {self.patience} checks (best {self.best:.4g}); "
                            f"{self.patience - self.wait} left.")
+
+    @property
+    def noise_state(self) -> dict | None:
+        """The noise estimate's state, as `state()["attributes"]` saves it and transformers sets it back."""
+        return self.noise.state_dict() if self.noise is not None else None
+
+    @noise_state.setter
+    def noise_state(self, value: dict | None):
+        if self.noise is not None and value:
+            self.noise.load_state_dict(value)
+
+    def _noise_margin(self) -> float:
+        return self.noise.threshold(self.smoothing) if self.noise is not None else 0.0
+
+    def _margin(self) -> str:
+        """What an improvement had to exceed: `min_delta`, or the metric's noise when that is larger."""
+        noise = self._noise_margin()
+        return f"{noise:.3g} (its noise)" if noise > self.min_delta else f"{self.min_delta}"
 
     def _missing(self, state, logs: dict):
         if self.best is None and not self.warned_missing:

@@ -128,18 +128,20 @@ def _falls(curve: _Curve, name: str, start: float) -> tuple[list[Finding], dict 
         first = position + int(starts[0])
         recovered = np.flatnonzero(back[first:])
         end = first + int(recovered[0]) if len(recovered) else count
-        worst = first + int(np.argmax(drop[first:end]))
+        # A fall still open at the end is measured to the end (what the run has now); a recovered one at its worst.
+        worst = count - 1 if end >= count else first + int(np.argmax(drop[first:end]))
         b = int(best_at[worst])
         best_level, level = o * float(up[b]), o * float(up[worst])
         error = float(pair[worst])
         collapse = bool(material[first:end].any())
+        worst_step = curve.window_step(worst) if end < count else curve.window_end(worst)
         fall = {"best": best_level, "best_step": curve.window_step(b), "level": level,
                 "drop": float(drop[worst]), "drop_se": error, "step": curve.window_end(first),
-                "worst_step": curve.window_step(worst), "gain": float(gained[worst]), "collapse": collapse,
+                "worst_step": worst_step, "gain": float(gained[worst]), "collapse": collapse,
                 "recovered_step": curve.window_end(end) if end < count else None}
         what = (f"{name} {change(level - best_level)} {amount(fall['drop'], error)} from its best "
-                f"{number(best_level)} around step {fall['best_step']:g} to {number(level)} around step "
-                f"{fall['worst_step']:g}")
+                f"{number(best_level)} around step {fall['best_step']:g} to {number(level)} "
+                + (f"around step {worst_step:g}" if end < count else f"over the logs to step {worst_step:g}"))
         if collapse and fall["gain"] > 0:
             what += f", giving back at least half of its gain since the start ({fall['gain']:.3g})"
         if end < count:
@@ -150,9 +152,9 @@ def _falls(curve: _Curve, name: str, start: float) -> tuple[list[Finding], dict 
             kind = "collapse" if collapse else "past best"
             final_drop = float(drop[-1])
             if significant[-1]:
-                what += f"; at the end it is still {amount(final_drop, float(pair[-1]))} worse than that best"
+                what += ", and is still there at the end"
             else:
-                what += f"; at the end it is partly back ({number(o * float(up[-1]))})"
+                what += f"; it is partly back: the fall is now within its noise ({amount(final_drop, error)})"
             fall["still_down"] = bool(significant[-1])
             advice = ADVICE["collapsed"] if kind == "collapse" and significant[-1] else ""
             open_fall = fall

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import os
 import subprocess
 import sys
@@ -204,6 +205,50 @@ def test_a_collapsing_reward_is_a_collapse_not_a_plateau():
     assert 61 < finding["step"] <= 90 and max(smooth) - smooth[finding["step"] - 1] > 0.5 * gain
 
 
+def test_live_lines_are_the_monitors_model_on_the_logs_so_far_each_said_once(caplog):
+    """A 16-sample reward that rises, collapses and later recovers: one collapse line (when the evidence is in, with
+    diagnose's own reason on the logs up to that step), one recovery line, no plateau and no re-announcement."""
+    from hf_trainkit.diagnostics import diagnose
+
+    rng = random.Random(4)
+    rate = [0.15 + 0.55 * min(s / 90, 1) - (0.5 if 130 <= s < 230 else 0) for s in range(400)]
+    rewards = [sum(rng.random() < p for _ in range(16)) / 16 for p in rate]
+    with caplog.at_level("WARNING"):
+        kinds, callback = drive(TrainingDiagnosticsCallback(patience=50), rewards, key="reward")
+    assert kinds == ["collapse", "recovered"], kinds
+    collapse = callback.findings[0]
+    step = collapse["step"]
+    assert 130 < step < 230  # after the fall began, before the recovery
+    expected = diagnose(range(1, step + 1), rewards[:step], mode="max", name="reward")
+    assert expected.verdict == "collapsed" and collapse["message"] == f"collapse at step {step}: {expected.reason}"
+    assert callback.findings[1]["step"] > 230
+    lines = [r.getMessage() for r in caplog.records if "[diagnostics]" in r.getMessage()]
+    assert len(lines) == 2 and "no longer collapsed" in lines[1]
+
+
+def test_a_resumed_callback_reads_the_curve_back_from_the_log_history():
+    """After a resume only what was announced is restored: the curve comes from state.log_history."""
+    rng = random.Random(0)
+    rewards = [0.2 + 0.5 * min(s, 60) / 60 - (0.5 * min((s - 90) / 20, 1) if s > 90 else 0) + rng.gauss(0, 0.03)
+               for s in range(140)]
+    first = TrainingDiagnosticsCallback()
+    args, state, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerState(), TrainerControl()
+    for step, value in enumerate(rewards[:120], start=1):
+        state.global_step = step
+        state.log_history.append({"reward": value, "step": step})
+        first.on_log(args, state, control, logs=state.log_history[-1])
+    assert [f["kind"] for f in first.findings] == ["collapse"]
+    resumed = TrainingDiagnosticsCallback(**first.state()["args"])
+    for key, value in first.state()["attributes"].items():
+        setattr(resumed, key, value)
+    for step, value in enumerate(rewards[120:], start=121):
+        state.global_step = step
+        state.log_history.append({"reward": value, "step": step})
+        resumed.on_log(args, state, control, logs=state.log_history[-1])
+    assert [f["kind"] for f in resumed.findings] == ["collapse"]  # still collapsed, not said again
+    assert resumed._curve[1] == rewards  # every log once: the one the Trainer appended is not read twice
+
+
 def test_overfitting_from_eval_logs():
     callback = TrainingDiagnosticsCallback(patience=500)
     args, state, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerState(), TrainerControl()
@@ -248,6 +293,37 @@ def test_smoothing_ignores_a_lucky_batch():
         smooth.check(reward)
     assert raw.best == 0.9  # the lucky batch became the bar to beat
     assert smooth.best == pytest.approx(0.5) and smooth.wait == 15
+
+
+def test_early_stopping_does_not_count_a_lucky_batch_as_an_improvement():
+    """A flat 16-sample reward (pure noise): with the noise-aware rule a lucky batch neither becomes the bar nor
+    resets the countdown, so patience 15 stops it; Lightning's raw rule keeps being reset by the noise's maxima."""
+    rng = random.Random(7)
+    rewards = [sum(rng.random() < 0.4 for _ in range(16)) / 16 for _ in range(300)]
+
+    def expected_stop(values, patience, noise_aware):
+        best, wait, differences = None, 0, []
+        for i, value in enumerate(values):
+            if i:
+                differences.append(value - values[i - 1])
+            margin = 0.0
+            if noise_aware and len(differences) >= 7:
+                margin = 2.3263 * math.sqrt(2) * math.sqrt(sum(d * d for d in differences) / len(differences) / 2)
+            if best is None or value - best > margin:
+                best, wait = value, 0
+                continue
+            wait += 1
+            if wait >= patience:
+                return i + 1
+        return None
+
+    for noise_aware in (True, False):
+        callback = MetricEarlyStoppingCallback("reward", mode="max", patience=15, noise_aware=noise_aware)
+        stops = [i + 1 for i, r in enumerate(rewards) if callback.check(r).should_stop]
+        assert (stops[0] if stops else None) == expected_stop(rewards, 15, noise_aware)
+    aware = MetricEarlyStoppingCallback("reward", mode="max", patience=15)
+    decision = next(d for d in map(aware.check, rewards) if d.should_stop)
+    assert "did not improve by more than" in decision.reason and "(its noise)" in decision.reason
 
 
 def test_early_stop_in_training_stops_at_the_right_step_with_a_checkpoint(make_trainer):

@@ -97,15 +97,29 @@ def test_metrics_line_and_progress():
     assert progress([], [], None)["eta_seconds"] is None
 
 
-def test_new_best_events_follow_the_smoothed_metric():
-    from hf_trainkit.dashboard.data import best_events
+def test_the_dashboard_judges_a_run_as_monitor_does(tmp_path):
+    """One model: the dashboard's headline and findings are monitor's verdict and findings on the same curve."""
+    import json
+    import random
 
-    steps = list(range(1, 41))
-    values = [min(s, 20) / 20 for s in steps]  # rises to 1.0 at step 20, then flat
-    events = best_events(steps, values, "max", limit=100)
-    assert events["new_best"][0]["step"] == 1 and 15 <= events["new_best"][-1]["step"] <= 25
-    assert events["logs_since_best"] == 40 - events["new_best"][-1]["step"]
-    assert best_events([1, 2], [float("nan"), None], "min") == {"new_best": [], "logs_since_best": 0}
+    from hf_trainkit.dashboard.runs import RunData
+    from hf_trainkit.monitor.load import load_run
+    from hf_trainkit.monitor.summary import summarize
+
+    rng = random.Random(0)
+    rate = [0.15 + 0.55 * min(s / 90, 1) - (0.5 * min((s - 90) / 50, 1) if s > 90 else 0) for s in range(200)]
+    history = [{"step": s + 1, "loss": 0.0, "reward": sum(rng.random() < p for _ in range(16)) / 16}
+               for s, p in enumerate(rate)]
+    history += [{"step": s, "eval/mean_reward": 0.5} for s in (50, 100, 150, 200)]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 200, "log_history": history}))
+    run = RunData(tmp_path, "run")
+    run.refresh()
+    page = run.diagnosis()
+    summary = summarize(load_run(tmp_path))
+    assert page["verdict"] == summary["diagnosis"]["verdict"] == "collapsed"
+    assert page["reason"] == summary["diagnosis"]["reason"]
+    assert page["eval_metric"] == summary["diagnosis"]["eval_metric"] == "eval/mean_reward"
+    assert [f["message"] for f in page["findings"]] == summary["diagnosis"]["findings"]
 
 
 def test_window_returns_the_zoomed_range_in_detail():
