@@ -125,6 +125,10 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
                 prepare_deepspeed_resume(trainer, checkpoint)
             except RuntimeError as error:
                 raise UsageError(str(error)) from None
+        if checkpoint:
+            from ..library_noise import expect_tied_weights
+
+            expect_tied_weights(trainer.model)  # a tied weight missing from the checkpoint is no news
         for manager in checkpoint_managers(trainer):
             manager.defer_training_complete = True  # written below, once the final state and weights are on disk
         try:
