@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import torch
 from transformers.utils import logging
 from trl import GRPOTrainer
 
-from .advantages import compute_mode_advantages, format_mode_line, metric_prefix, teaching_rows
+from .advantages import compute_mode_advantages, format_mode_line, informative_groups, metric_prefix, teaching_rows
+from .dynamic_sampling import REFILL_STATE_NAME, RefillSampler, assign_refills, concat_rows, group_keys, take_rows
 from .filtered_grpo_config import FilteredGRPOConfig
 from .rows import mask_rows, select_rows
 
@@ -78,6 +81,7 @@ class FilteredGRPOTrainer(GRPOTrainer):
         self._starved_batches = 0
         self._warned_non_row_aligned = False
         self._warned_padding = False
+        self._refill_sampler = self._build_refill_sampler() if args.dynamic_sampling else None
         self._skip_zero_advantage_rows = args.mode == "grpo" and args.drop_zero_variance_groups
         if self._skip_zero_advantage_rows:
             reasons = self._zero_advantage_rows_cost()
@@ -106,7 +110,89 @@ class FilteredGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
-        return self._filter_batch(output, self._total_rewards(), mode)
+        rewards = self._total_rewards()
+        if mode == "train" and self._refill_sampler is not None:
+            output, rewards = self._refill_uninformative_groups(output, rewards, len(inputs))
+        return self._filter_batch(output, rewards, mode)
+
+    # --- dynamic sampling: groups that teach nothing replaced by groups for fresh prompts --------------------------
+
+    def _informative_groups(self, output, rewards: torch.Tensor) -> torch.Tensor:
+        """One bool per group of the all-process batch: does it teach the mode anything (see `informative_groups`)?"""
+        args = self.args
+        if args.mode == "grpo":  # TRL's own advantages: nonzero exactly where a group's rewards differ
+            advantages = self.accelerator.gather(output["advantages"].contiguous()).detach().float().cpu()
+            keep = ~torch.isnan(rewards.detach().float().cpu())
+        else:
+            result = compute_mode_advantages(
+                rewards.detach().float().cpu(), args.mode, threshold=args.reward_threshold,
+                positive_weight=args.positive_weight, negative_weight=args.negative_weight,
+                num_generations=self.num_generations, scale_rewards=self.scale_rewards)
+            advantages, keep = result.advantages, result.keep
+        return informative_groups(advantages, keep, self.num_generations)
+
+    def _refill_uninformative_groups(self, output, rewards: torch.Tensor, local_size: int):
+        """DAPO's dynamic sampling: up to `dynamic_sampling_max_rounds` extra generation rounds, each for a whole
+        generation batch of fresh prompts (every rank its usual share, so all run the same collectives); their
+        informative groups take the slots of the uninformative ones. Every decision comes from all-process values,
+        so every rank takes it alike."""
+        num_generations, rank = self.num_generations, self.accelerator.process_index
+        informative = self._informative_groups(output, rewards)
+        num_groups = informative.numel()
+        before = informative.float().mean().item()
+        keys = group_keys(num_groups, num_generations, local_size)
+        rows = torch.arange(num_generations)
+        rounds = drawn = 0
+        while not bool(informative.all()) and rounds < self.args.dynamic_sampling_max_rounds:
+            prompts = self._refill_sampler.draw(num_groups)
+            drawn += len(prompts)
+            rounds += 1
+            repeated = [int(i) for i in prompts for _ in range(num_generations)]
+            refill_inputs = [self.train_dataset[i] for i in repeated[rank * local_size:(rank + 1) * local_size]]
+            refill = super()._generate_and_score_completions(refill_inputs)
+            refill_rewards = self._total_rewards()
+            assignment = assign_refills(~informative, self._informative_groups(refill, refill_rewards), keys)
+            if not assignment:
+                continue
+            total = rewards.numel()
+            source = torch.arange(total)  # global rows of [this batch, the refill batch]
+            for slot, group in assignment.items():
+                source[slot * num_generations:(slot + 1) * num_generations] = total + group * num_generations + rows
+            rewards = torch.cat([rewards, refill_rewards.to(rewards.device)])[source.to(rewards.device)]
+            local = source[rank * local_size:(rank + 1) * local_size]
+            local = torch.where(local < total, local - rank * local_size, local - total - rank * local_size + local_size)
+            output = take_rows(concat_rows(output, refill, self._tokenizer.pad_token_id), local)
+            informative[list(assignment)] = True
+        if rounds:  # the batch changed: TRL's token count of it too (a collective, on every rank alike)
+            loss_mask = output["completion_mask"]
+            if output.get("tool_mask") is not None:
+                loss_mask = loss_mask * output["tool_mask"]
+            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        metrics["dynamic_sampling/prompts_drawn"].append(float(drawn))
+        metrics["dynamic_sampling/informative_ratio_before"].append(before)
+        metrics["dynamic_sampling/informative_ratio_after"].append(informative.float().mean().item())
+        return output, rewards
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        if self._refill_sampler is not None and self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            with open(os.path.join(output_dir, REFILL_STATE_NAME), "w") as handle:
+                json.dump(self._refill_sampler.state_dict(), handle)
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if self._refill_sampler is None or checkpoint is None:
+            return
+        path = os.path.join(checkpoint, REFILL_STATE_NAME)
+        if os.path.isfile(path):
+            with open(path) as handle:
+                self._refill_sampler.load_state_dict(json.load(handle))
+        else:
+            logger.warning(f"FilteredGRPOTrainer: {checkpoint} has no {REFILL_STATE_NAME} (saved without "
+                           "dynamic_sampling): the refill prompts start again from the first of their order.")
 
     def _filter_batch(self, output, rewards: torch.Tensor, mode: str):
         """The mode's advantages, the rows that reach the model (`keep`) and those the loss normaliser counts
@@ -168,6 +254,17 @@ class FilteredGRPOTrainer(GRPOTrainer):
                       flush=True)
             self._check_starvation(result.stats, rewards)
         return output
+
+    def _build_refill_sampler(self) -> RefillSampler:
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise ValueError("FilteredGRPOTrainer: dynamic_sampling=True needs a map-style train_dataset (one with a "
+                             "length, to draw refill prompts from); pass a datasets.Dataset or set dynamic_sampling=False.")
+        columns = set(getattr(dataset, "column_names", None) or [])
+        if columns & {"image", "images"}:
+            raise ValueError("FilteredGRPOTrainer: dynamic_sampling=True does not support image data sets yet (the "
+                             "refill would have to join image batches); set dynamic_sampling=False.")
+        return RefillSampler(len(dataset), self.args.seed)
 
     def _zero_advantage_rows_cost(self) -> list[str]:
         """What in the loss reads rows of advantage 0 (so that leaving them out would change it); empty if nothing."""

@@ -176,3 +176,36 @@ def test_kill_9_at_random_moments_then_rerun_is_bit_exact_with_dynamic_sampling(
     expected = curves(log_history(reference))
     assert sum(step[4] for step in expected) > 0, "no refill was drawn: nothing was compared"
     assert curves(log_history(out)) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_zero3_two_processes_refill_alike_on_every_rank(tmp_path):
+    """Real `accelerate launch` of 2 ZeRO-3 processes (CPU, gloo), psr with dynamic sampling: both ranks run the
+    same number of refill rounds, each generating its share of the same fresh prompts (the refill sampler's
+    order), and log the same metrics."""
+    pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]'")
+    from hf_trainkit.toy import build_toy_dataset
+    from tests.distributed.test_deepspeed_zero3 import HARNESS, run, zero3
+
+    command = zero3(2, script=HARNESS.parents[1] / "rl" / "zero3_flat_groups.py")
+    command.remove("--no-loss-curve")
+    out = tmp_path / "dynamic"
+    run([*command, "dynamic", str(out)])
+    views = [json.loads((out / f"rows_rank_{i}.json").read_text()) for i in (0, 1)]
+    assert len(views[0]["rules"]) == len(views[1]["rules"]) > 4, "no refill round ran"
+    logs = [[{k: v for k, v in h.items() if k.startswith(("dynamic_sampling/", "psr/"))} for h in v["log_history"]
+             if "dynamic_sampling/rounds" in h] for v in views]
+    assert len(logs[0]) == 4 and logs[0] == logs[1]
+    # The calls of the reward, in order: each step's batch, then its refill rounds (rank 0's rows, then rank 1's).
+    calls = [prompts_per_group(a + b) for a, b in zip(views[0]["rules"], views[1]["rules"])]
+    refills, position = [], 0
+    for step in logs[0]:
+        rounds = int(step["dynamic_sampling/rounds"])
+        refills.extend(calls[position + 1:position + 1 + rounds])
+        position += 1 + rounds
+    assert position == len(calls) and refills, "no refill round ran"
+    dataset = build_toy_dataset(256, seed=0)
+    order = RefillSampler(len(dataset), seed=0).draw(4 * len(refills))
+    assert [rule for call in refills for rule in call] == [dataset[i]["rule"] for i in order]
+    assert sum(h["dynamic_sampling/rounds"] for h in logs[0]) == len(views[0]["rules"]) - 4

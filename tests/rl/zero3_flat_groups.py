@@ -1,5 +1,6 @@
-"""Two-process ZeRO-3 harness: `python zero3_flat_groups.py trl|ours OUTPUT_DIR` trains plain `GRPOTrainer` or
-`FilteredGRPOTrainer` (mode grpo, zero-variance groups skipped) on the toy task with a reward that makes about half
+"""Two-process ZeRO-3 harness: `python zero3_flat_groups.py trl|ours|dynamic OUTPUT_DIR` trains plain
+`GRPOTrainer`, `FilteredGRPOTrainer` (mode grpo, zero-variance groups skipped) or `FilteredGRPOTrainer` (mode psr
+with dynamic sampling; the rules scored per call and the log history go into rows_rank_<i>.json) on the toy task with a reward that makes about half
 of the groups flat, so that the ranks keep different numbers of rows; each rank writes
 OUTPUT_DIR/rows_rank_<i>.json (rows per training forward pass, informative rows per generation batch) and the run
 saves its final weights (gathered from the ZeRO-3 shards)."""
@@ -30,9 +31,20 @@ class PerCallReward(HalfFlatReward):
         super().__init__()
         self.per_call = []
 
+        self.rules = []
+
     def __call__(self, completions, rule, **kwargs):
         self.per_call.append(sum(not is_flat_rule(r) for r in rule))
+        self.rules.append(list(rule))
         return super().__call__(completions, rule, **kwargs)
+
+
+class NoPositiveReward(PerCallReward):
+    """psr: a flat rule's group has no positive (all 0); the others alternate 1, 0."""
+
+    def __call__(self, completions, rule, **kwargs):
+        rewards = super().__call__(completions, rule, **kwargs)
+        return [0.0 if is_flat_rule(r) else value for r, value in zip(rule, rewards)]
 
 
 def main(kind, output_dir):
@@ -44,9 +56,11 @@ def main(kind, output_dir):
     else:
         config_cls, trainer_cls = FilteredGRPOConfig, FilteredGRPOTrainer
         settings["log_mode_summary"] = False
+    if kind == "dynamic":
+        settings.update(mode="psr", dynamic_sampling=True, dynamic_sampling_max_rounds=2)
     args = config_cls(**settings)
     tokenizer = build_toy_tokenizer()
-    reward = PerCallReward()
+    reward = NoPositiveReward() if kind == "dynamic" else PerCallReward()
     trainer = trainer_cls(model=build_tiny_model(tokenizer, seed=0), reward_funcs=[reward], args=args,
                           train_dataset=build_toy_dataset(256, seed=0), processing_class=tokenizer)
     forwarded = []
@@ -57,7 +71,8 @@ def main(kind, output_dir):
     trainer.save_model(output_dir)
     rank = trainer.accelerator.process_index
     Path(output_dir, f"rows_rank_{rank}.json").write_text(json.dumps(
-        {"forwarded": forwarded, "informative": reward.per_call, "world_size": trainer.accelerator.num_processes}))
+        {"forwarded": forwarded, "informative": reward.per_call, "world_size": trainer.accelerator.num_processes,
+         "rules": reward.rules, "log_history": trainer.state.log_history}))
 
 
 if __name__ == "__main__":
