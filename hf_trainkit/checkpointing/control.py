@@ -44,11 +44,12 @@ LOCK_FILE = ".lock"  # inside CONTROL_DIR
 
 
 class ControlError(ValueError):
-    """A request that cannot be accepted; `status` is the HTTP status that says so."""
+    """A request that cannot be accepted; `status` is the HTTP status that says so, `about_the_run` whether the
+    request is fine but the training would not carry it out now (ended, gone, stopping, the same save queued)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, about_the_run: bool = False):
         super().__init__(message)
-        self.status = status
+        self.status, self.about_the_run = status, about_the_run
 
 
 def control_dir(run_dir: str | os.PathLike) -> Path:
@@ -243,6 +244,7 @@ def submit_request(run_dir: str | os.PathLike, action: str, name: str | None = N
     with _queue_lock(run_dir):
         refusal = why_not_accepted(run_dir, action, name)
         if refusal is not None:
+            refusal.about_the_run = True
             raise refusal
         request_id = uuid.uuid4().hex[:12]
         request = {"id": request_id, "action": action, "name": name, "source": source, "created_at": time.time()}

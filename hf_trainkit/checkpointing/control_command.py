@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                      "nothing would apply the request.", 1)
     try:
         request_id = submit_request(run_dir, args.action, getattr(args, "name", None))
-    except ControlError as error:  # 400: a bad name (exit 2); 409/429: nothing would carry it out now (exit 1)
-        return _fail(f"{args.action}: {error}.", 2 if error.status == 400 else 1)
+    except ControlError as error:  # a bad or taken name: exit 2; nothing would carry it out now: exit 1
+        return _fail(f"{args.action}: {error}.", 1 if error.about_the_run else 2)
     except OSError as error:
         return _fail(f"{run_dir}: cannot write the request ({error}).", 1)
     print(f"Request {request_id} queued: {args.action} at the next step boundary.", flush=True)

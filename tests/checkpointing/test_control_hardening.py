@@ -277,6 +277,10 @@ def test_nothing_is_queued_behind_a_stop_queued_or_taken(tmp_path):
     status, why = _refusal(tmp_path, "save")
     assert status == 409 and f"a stop is already queued (request {stop})" in why
     assert _refusal(tmp_path, "stop")[0] == 409  # stop twice: the second is refused, not queued forever
+    refused = control("save", tmp_path, "--no-wait")  # the CLI: one line, exit 1 (the run's state, not a bad input)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"hf-trainkit control: error: save: a stop is already queued (request {stop}): the training saves and ends "
+        "at the next step boundary, so nothing after it would be carried out."], refused.stderr
     queue = RequestQueue(tmp_path, warn=lambda line: None)
     assert queue.take()["id"] == early  # in the order they came
     # A save another machine wrote past the lock slipped in behind the stop: rejected when the stop is taken.
