@@ -331,3 +331,51 @@ def test_the_missing_keys_filter_drops_only_tied_weights_that_were_loaded(toy_to
                     f"There were missing keys in the checkpoint model loaded: ['lm_head.weight', '{embeddings}'].",
                     "Setting accelerator to CPU.",
                     "There were unexpected keys in the checkpoint model loaded: ['extra.weight']."]
+
+
+def test_a_console_that_is_not_a_terminal_gets_whole_lines(tmp_path):
+    """A log file or a pipe: before, tqdm's redraws put a bar fragment in front of every metrics and mode line."""
+    out = tmp_path / "piped"
+    result = run_script(TRAIN, "--mode", "nsr", "--output-dir", out, "--max-steps", "20", "--logging-steps", "5",
+                        "--no-save-checkpoints", "--no-loss-curve", "--eval-every", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in (result.stdout, result.stderr, (out / "logs" / "train.log").read_text()):
+        assert "\r" not in text and "it/s]" not in text and "s/it]" not in text
+    lines = result.stdout.splitlines()
+    assert [line.split("]")[0] for line in lines if re.match(r"\[Step \d+\] loss ", line)] == [
+        "[Step 5", "[Step 10", "[Step 15", "[Step 20"]
+    assert sum(line.startswith("NSR [Step ") for line in lines) == 20
+    progress = [line for line in lines if line.startswith("[Progress]")]
+    # every tenth of the run (2 steps), the last one left to the "done" line
+    assert [int(re.match(r"\[Progress\] step (\d+)/20 ", line).group(1)) for line in progress] == list(range(2, 20, 2))
+    assert all(re.fullmatch(r"\[Progress\] step \d+/20 \(\d+%\) \| [\d.e+-]+ s/step \| \d+m\d\ds left", line)
+               for line in progress), progress
+
+
+def test_a_terminal_still_gets_the_progress_bar(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 columns: tqdm draws nothing
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--output-dir", str(tmp_path / "tty"), "--max-steps", "3",
+                                "--no-save-checkpoints", "--no-loss-curve", "--eval-every", "0", "--quiet"],
+                               stdout=secondary, stderr=secondary, env=SUBPROCESS_ENV)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert process.wait(timeout=300) == 0, seen[-3000:]
+    text = seen.decode(errors="replace")
+    assert "3/3 [" in text and "\r" in text and "[Progress]" not in text

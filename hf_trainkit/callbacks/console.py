@@ -4,6 +4,9 @@ step: 227 KB of console for 200 steps, burying the per-step mode lines). The ful
 
 from __future__ import annotations
 
+import sys
+import time
+
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 
@@ -29,12 +32,88 @@ def compact_metrics_line(step: int, logs: dict) -> str:
     return f"[Step {step}] " + " | ".join(parts or [f"{k} {_number(v)}" for k, v in list(logs.items())[:6]])
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def progress_line(step: int, max_steps: int, seconds_per_step: float | None) -> str:
+    """`[Progress] step 40/200 (20%) | 1.31 s/step | 3m30s left`: the bar's figures as one whole line."""
+    line = f"[Progress] step {step}/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps > 0 else \
+        f"[Progress] step {step}"
+    if seconds_per_step is not None:
+        line += f" | {seconds_per_step:.3g} s/step"
+        if max_steps > step:
+            line += f" | {_duration(seconds_per_step * (max_steps - step))} left"
+    return line
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # a closed or unusual stream
+        return False
+
+
 class CompactProgressCallback(ProgressCallback):
-    """transformers' progress bar, with `compact_metrics_line` instead of the dict of every logged key."""
+    """transformers' progress bar, with `compact_metrics_line` instead of the dict of every logged key.
+
+    When stdout or stderr is not a terminal (a log file, a pipe, a scheduler's capture), a bar's redraws would put a
+    fragment in front of every line printed there: progress is then a whole `progress_line` every `every_fraction` of
+    the run, or every `every_seconds`, whichever comes first, and nothing else is drawn.
+
+    Args:
+        every_fraction (`float`, *optional*, defaults to `0.1`): progress lines at each tenth of the run.
+        every_seconds (`float`, *optional*, defaults to `60`): and at least once a minute.
+        terminal (`bool`, *optional*): draw the bar (default: when stdout and stderr are both terminals).
+    """
+
+    def __init__(self, max_str_len: int = 100, every_fraction: float = 0.1, every_seconds: float = 60.0,
+                 terminal: bool | None = None):
+        super().__init__(max_str_len=max_str_len)
+        self.every_fraction, self.every_seconds, self.terminal = every_fraction, every_seconds, terminal
+        self.lines = False  # progress as whole lines (this run's console is not a terminal)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        terminal = self.terminal if self.terminal is not None else \
+            _is_terminal(sys.stdout) and _is_terminal(sys.stderr)
+        self.lines = not terminal
+        if not self.lines:
+            return super().on_train_begin(args, state, control, **kwargs)
+        self.current_step = 0
+        self._start_step, self._start_time = state.global_step, time.monotonic()
+        self._last_step, self._last_time = state.global_step, self._start_time
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.lines:
+            return super().on_step_end(args, state, control, **kwargs)
+        if not state.is_world_process_zero or state.global_step >= state.max_steps > 0:
+            return  # the last step: the "done" line says the rest
+        now, step = time.monotonic(), state.global_step
+        every_steps = max(1, round(state.max_steps * self.every_fraction)) if state.max_steps > 0 else None
+        crossed = every_steps is not None and step // every_steps > self._last_step // every_steps
+        if crossed or now - self._last_time >= self.every_seconds:
+            done = step - self._start_step
+            rate = (now - self._start_time) / done if done > 0 else None
+            print(progress_line(step, state.max_steps, rate), flush=True)
+            self._last_step, self._last_time = step, now
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not self.lines:
+            return super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs:
+        if not state.is_world_process_zero or not logs:
+            return
+        if self.lines:
+            print(compact_metrics_line(state.global_step, logs), flush=True)
+        elif self.training_bar is not None:
             self.training_bar.write(compact_metrics_line(state.global_step, logs))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.lines:
+            return super().on_train_end(args, state, control, **kwargs)
 
 
 class CompactPrinterCallback(PrinterCallback):

@@ -108,6 +108,11 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
             peft_config=build_peft_config(options, vision=not isinstance(tokenizer, PreTrainedTokenizerBase)),
             callbacks=callbacks,
         )
+        from ..callbacks.console import use_compact_console
+
+        # The short metrics line per log, and whole lines on a console that is not a terminal, with --quiet too (the
+        # trainer swaps them in only with its mode line on).
+        use_compact_console(trainer.callback_handler)
         if eval_dataset is not None:
             from ..callbacks import PassAtKCallback
 
