@@ -29,8 +29,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
       `eval/pass@1` ..., worse than its best by more than its noise), a divergence, and a plateau (nothing changed
       beyond the noise in at least `patience` logs).
 
-    Each is printed once per episode; an episode ends when the condition clears, and a plateau is not announced
-    again within `patience` logs of the last time. Differences are in the metric's units with their 95 % intervals.
+    Each is printed once per episode (an episode ends when the condition clears); a plateau once a run. Differences are in the metric's units with their 95 % intervals.
     Acts on `on_log`; prints on the world process zero; changes nothing in `control`. The curve itself is read back
     from `state.log_history` (restored on resume), so only what was announced travels in checkpoints. Findings are
     also kept in `self.findings` (dicts).
@@ -38,7 +37,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
     Args:
         monitor (`str`, *optional*): the metric to judge; default `reward` when logged (RL), else `loss`.
         mode (`str`, *optional*): `"min"` or `"max"`; default `max` for a reward, `min` otherwise.
-        patience (`int`, *optional*, defaults to `50`): logs before a plateau can be called, and between two calls.
+        patience (`int`, *optional*, defaults to `50`): logs before a plateau can be called.
         window (`int`, *optional*, defaults to `20`), z_threshold (`float`, *optional*, defaults to `6.0`): spikes.
         min_delta, smoothing: accepted for callback states saved by earlier versions; unused.
     """
@@ -153,11 +152,15 @@ class TrainingDiagnosticsCallback(StatefulCallback):
                              dx.ADVICE["diverged"])
                 continue
             self._clear(f"non_finite:{key}")
-            if key == "grad_norm" or (key == "loss" and self._key not in (None, "loss")):
+            if key == "grad_norm":  # the loss's spikes, when it is the monitored metric, come from the model
                 self._check_spike(state, key, float(value), "min")
         if not self._seeded:
             self._seed(state, logs)
         self._add(logs, state.global_step)
+        value = logs.get(self._key) if self._key else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and self._key != "grad_norm":
+            # As it comes, by the model's own rule (robust z against the trailing window): a spike is news now.
+            self._check_spike(state, self._key, float(value), self.mode or default_mode(self._key))
         points = len(self._curve[1])
         if self._key is None or points < dx.MIN_POINTS:
             return
@@ -171,16 +174,6 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         result = dx.diagnose(*self._curve, mode=mode, name=monitor, eval_steps=eval_steps, eval_values=eval_values,
                              eval_name=eval_key or "eval_loss")
         step = state.global_step
-        spikes = [f.step for f in result.findings if f.kind == "spike"]
-        for finding in result.findings:
-            if finding.kind != "spike" or finding.step <= self.announced.get("spike_step", -math.inf):
-                continue
-            # Spikes on consecutive logs are one episode, reported at its first log.
-            position = self._curve[0].index(finding.step)
-            if position == 0 or self._curve[0][position - 1] not in spikes:
-                self._clear(f"spike:{monitor}")
-                self._report(state, f"spike:{monitor}", "spike", finding.message, finding.advice)
-            self.announced["spike_step"] = finding.step
         at = f"at step {step}"
         if result.verdict == "collapsed":
             self._report(state, "collapse", "collapse", f"collapse {at}: {result.reason}", result.advice)
@@ -196,10 +189,7 @@ class TrainingDiagnosticsCallback(StatefulCallback):
                 self._report(state, kind, kind, f"{kind} {at}: {result.reason}", result.advice)
             else:
                 self._clear(kind)
-        if result.verdict == "plateau" and points >= self.patience:
-            last = self.announced.get("plateau")
-            if "plateau" not in self.active and (last is None or points - last >= self.patience):
-                self.announced["plateau"] = points
-                self._report(state, "plateau", "plateau", f"plateau {at}: {result.reason}", result.advice)
-        else:
-            self._clear("plateau")
+        # A plateau is said once a run: a curve near the edge of its noise would otherwise flap in and out of it.
+        if result.verdict == "plateau" and points >= self.patience and "plateau" not in self.announced:
+            self.announced["plateau"] = points
+            self._report(state, "plateau", "plateau", f"plateau {at}: {result.reason}", result.advice)

@@ -7,7 +7,8 @@ How a curve is read (``o`` turns "better" into "up": +1 for a reward, -1 for a l
 
 - its level at the start, at the end and at its best are means of a tenth of its logs (`window_length`), each with
   a standard error from the noise;
-- it *improved* when the end is above the start by more than 2.33 standard errors (one-sided, 1 % error);
+- it *improved* when the end is above the start by more than 1.96 standard errors (the 95 % interval printed with
+  it excludes zero);
 - it is *still improving* when the slope over its last half is above zero by as much, that last half brought at
   least a tenth of the whole gain, and the end is above the best level reached before the last half (a recovery
   from a dip back to where it was is not an improvement);
@@ -40,6 +41,9 @@ MIN_POINTS = 8
 COLLAPSE_SHARE = 0.5
 # Share of the whole gain the last half must bring for the run to be "still improving" rather than converged.
 RECENT_SHARE = 0.1
+# A run has levelled off when its last half brought less than this share of its gain (95 % upper bound).
+LEVELLED_SHARE = 0.5
+Z_ONE_SIDED_95 = z_for(0.05)
 # Spikes that make a curve "unstable": at least this many, or this share of its logs.
 UNSTABLE_SPIKES, UNSTABLE_SHARE = 3, 0.05
 __all__ = ["Diagnosis", "OnlineNoise", "diagnose", "new_bests", "MIN_POINTS", "VERDICTS"]
@@ -165,6 +169,36 @@ def _falls(curve: _Curve, name: str, start: float) -> tuple[list[Finding], dict 
     return findings, open_fall
 
 
+def _isolated(x, spikes: list[Finding]) -> list[Finding]:
+    """The spikes that are spikes: runs of at most two flagged logs that do not reach the end. A longer run, or one
+    still going at the last log, is the level moving (a divergence, a collapse), which the levels judge."""
+    import numpy as np
+
+    if not spikes:
+        return spikes
+    positions = np.searchsorted(x, [f.step for f in spikes])
+    kept, run = [], []
+    for finding, position in zip(spikes, positions):
+        if run and position != run[-1][1] + 1:
+            kept.extend(f for f, _ in run) if len(run) <= 2 else None
+            run = []
+        run.append((finding, position))
+    if run and len(run) <= 2 and run[-1][1] < len(x) - 1:
+        kept.extend(f for f, _ in run)
+    return kept
+
+
+def _pending(x, y, name: str, mode: str) -> set:
+    """The last one or two logs when they are flagged both: a spike or the start of a new level, which only the
+    logs after them can tell. Left out of the levels until then, so one bad batch is not read as a collapse."""
+    flagged = {f.step for m in ("min", "max") for f in find_spikes(x[-60:].tolist(), y[-60:].tolist(), name, mode=m)}
+    last = [float(s) for s in x[-3:]]
+    run = 0
+    while run < len(last) and last[-1 - run] in flagged:
+        run += 1
+    return set(last[len(last) - run:]) if 1 <= run <= 2 else set()  # 3 or more in a row: the level moved
+
+
 def _eval_noise(values) -> float:
     """The noise of an eval curve: a few points that may curve (falling, then rising when it overfits), so from
     second differences (a straight trend cancels) when there are five or more, else from first differences."""
@@ -253,10 +287,10 @@ def diagnose(
                          "either way",
                          ADVICE["too short"], {"points": int(len(y))}, findings)
     logged = len(y)
-    spikes = find_spikes(x.tolist(), y.tolist(), name, mode=mode)
+    spikes = _isolated(x, find_spikes(x.tolist(), y.tolist(), name, mode=mode))
     # Levels are means: one batch far off the curve, either way, would move them. They are read without the spikes.
-    outliers = {f.step for f in spikes} | {f.step for f in find_spikes(x.tolist(), y.tolist(), name,
-                                                                          mode="max" if mode == "min" else "min")}
+    outliers = {f.step for f in spikes} | {f.step for f in _isolated(x, find_spikes(
+        x.tolist(), y.tolist(), name, mode="max" if mode == "min" else "min"))} | _pending(x, y, name, mode)
     if outliers and len(y) - len(outliers) >= MIN_POINTS:
         keep = ~np.isin(x, list(outliers))
         x, y = x[keep], y[keep]
@@ -281,7 +315,10 @@ def diagnose(
     numbers.update(eval_numbers)
     findings = sorted(findings + spikes + falls + ([overfit] if overfit else []),
                       key=lambda f: -math.inf if f.step is None else f.step)
-    z1 = z_for(ALPHA)
+    z1 = z_for(ALPHA)  # alarms: a divergence
+    # Whether it moved at all is decided at the level the printed intervals have (95 %, two-sided), so "within its
+    # noise" is said exactly when the printed interval holds zero.
+    z_moved = Z_REPORT
     since_start = f"{name} {change(end - start)} {amount(abs(end - start), gain_se)} since the start " \
                   f"({number(start)} -> {number(end)})"
 
@@ -300,18 +337,25 @@ def diagnose(
     if len(spikes) >= UNSTABLE_SPIKES or len(spikes) > UNSTABLE_SHARE * numbers["points"]:
         return verdict("unstable", f"{len(spikes)} spikes in {numbers['points']} logs (each beyond 6 robust standard "
                                    f"deviations of the logs before it)")
-    improved = gain > z1 * gain_se
+    improved = gain > z_moved * gain_se
     before_half = max(half - curve.width + 1, 1)  # windows that end before the last half starts
     best_before = int(np.argmax(o * levels.means[:before_half]))
     above_before = o * (end - float(levels.means[best_before]))
-    rising = (o * recent > z1 * recent_se and (not improved or o * recent >= RECENT_SHARE * gain)
-              and above_before > z1 * math.hypot(end_se, float(levels.errors[best_before])))
+    above_before_se = math.hypot(end_se, float(levels.errors[best_before]))
+    rising = (o * recent > z_moved * recent_se and (not improved or o * recent >= RECENT_SHARE * gain)
+              and above_before > z_moved * above_before_se)
     last_half = (f"{change(recent)} {amount(abs(recent), recent_se)} over its last half (from step "
                  f"{x[half]:g})")
     if rising:
         return verdict("still improving", f"{since_start}, and it is still improving: {last_half}")
+    # Levelled off only when the data says so: the end is above the best level before the last half by, at most
+    # (95 % upper bound), less than half of the gain. Otherwise too few or too noisy logs cannot tell a slowing rise
+    # from a flat end: train on.
+    if improved and above_before + Z_ONE_SIDED_95 * above_before_se >= LEVELLED_SHARE * gain:
+        return verdict("still improving", f"{since_start}, and it may still be improving: {last_half}; not enough "
+                                          "evidence yet that it has levelled off")
     if improved:
-        tail = f"{last_half}, within its noise" if abs(recent) <= z1 * recent_se else f"only {last_half}"
+        tail = f"{last_half}, within its noise" if abs(recent) <= z_moved * recent_se else f"only {last_half}"
         reason = f"{since_start}, then levelled off: {tail}"
         if open_fall and open_fall.get("still_down"):
             reason += f"; it is now {amount(open_fall['drop'], open_fall['drop_se'])} worse than its best"
