@@ -344,9 +344,10 @@ class RequestQueue:
     `control/rejected/` with one warning (and skipped for good if even that fails).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, warn=print):
+    def __init__(self, run_dir: str | os.PathLike, warn=print, for_this_training: bool = True):
         self.run_dir = run_dir
         self.warn = warn
+        self.for_this_training = for_this_training  # False: emptying the queue, a stop taken is not ours to do
         self._ignored: set[str] = set()
 
     def take(self) -> dict | None:
@@ -377,7 +378,8 @@ class RequestQueue:
                 write_response(self.run_dir, {"id": request_id, "status": "rejected", "error": str(error)})
                 self._remove(path, file_name)
                 continue
-            if request.get("action") == "stop":
+            stop = request.get("action") == "stop" and self.for_this_training
+            if stop:
                 # Written before the request file goes: a client always sees the stop, queued or taken.
                 write_json_atomically(control_dir(self.run_dir) / STOPPING_FILE,
                                       {"id": request_id, "pid": os.getpid(), "host": socket.gethostname(),
@@ -385,7 +387,7 @@ class RequestQueue:
             write_response(self.run_dir, {"id": request_id, "action": request.get("action"),
                                           "name": request.get("name"), "status": "accepted"})
             self._remove(path, file_name)
-            if request.get("action") == "stop":
+            if stop:
                 reject_queued(self.run_dir, f"a stop (request {request_id}) was taken first: the training ends "
                                             "without carrying this out")
             return request
@@ -401,7 +403,7 @@ class RequestQueue:
 def reject_pending(run_dir: str | os.PathLike, why: str, warn=print) -> int:
     """Answer every queued request as rejected (a new training starts: they were meant for an earlier one)."""
     count = 0
-    queue = RequestQueue(run_dir, warn)
+    queue = RequestQueue(run_dir, warn, for_this_training=False)
     while True:
         request = queue.take()
         if request is None:

@@ -374,3 +374,26 @@ def test_what_a_training_leaves_queued_is_rejected_with_why(tmp_path):
     response = read_response(killed, queued)
     assert response["status"] == "rejected" and f"(pid {dead.pid}) ended" in response["error"]
     assert not list(requests_dir(killed).glob("*.json"))
+
+
+def test_a_stop_left_from_an_earlier_run_does_not_block_the_next_one(tmp_path):
+    """A stop queued for a training that is gone is rejected when the next one starts, and that one still takes
+    requests (the stale stop is not taken as its own)."""
+    from types import SimpleNamespace
+
+    from hf_trainkit.callbacks.live_control import LiveControlCallback
+    from hf_trainkit.checkpointing.control import read_response
+
+    prepare_control_dir(tmp_path)
+    (requests_dir(tmp_path) / f"{time.time_ns():020d}-stalestop.json").write_text(
+        json.dumps({"id": "stalestop", "action": "stop", "name": None}))
+    callback = LiveControlCallback(handle_signals=False)
+    args = SimpleNamespace(output_dir=str(tmp_path), world_size=1)
+    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0.0, log_history=[], is_world_process_zero=True)
+    callback.on_train_begin(args, state, SimpleNamespace())
+    try:
+        assert read_response(tmp_path, "stalestop")["status"] == "rejected"
+        assert read_status(tmp_path)["state"] == "running"
+        assert submit_request(tmp_path, "save")  # not "the training is stopping"
+    finally:
+        callback.on_train_end(args, state, SimpleNamespace())
