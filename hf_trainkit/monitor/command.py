@@ -61,6 +61,9 @@ def monitor_command_parser(subparsers=None) -> argparse.ArgumentParser:
     parser.add_argument("--watch", nargs="?", const=30.0, type=_watch_seconds, default=None, metavar="SECONDS",
                         help="re-read and re-render every SECONDS (default 30) until interrupted")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument("--compare", action="store_true",
+                        help="accepted, and changes nothing: several RUNs are compared already (the flag of "
+                        "scripts/monitor_training.py, so that its commands work here too)")
     if subparsers is not None:
         parser.set_defaults(func=monitor_command)
     return parser

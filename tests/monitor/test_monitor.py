@@ -363,3 +363,19 @@ def test_rl_ranking_uses_the_final_level_not_the_last_batch_and_no_loss_reductio
     assert summary["ranking"][1]["final"] == pytest.approx((0.6 * 4 + 1.0) / 5)
     assert all("loss_reduction_percent" not in run for run in summary["runs"])
     assert "reduction" not in (out / "summary.txt").read_text()
+
+
+def test_compare_is_accepted_as_an_alias_that_changes_nothing(tmp_path):
+    """`scripts/monitor_training.py --compare` works, so the same flag on `hf-trainkit monitor` must too."""
+    for name, start in (("psr", 2.0), ("nsr", 1.0)):
+        write_state(tmp_path / name / "trainer_state.json", loss_history(30, start=start))
+    outputs = {}
+    for flags in ([], ["--compare"]):
+        out = tmp_path / ("with" if flags else "without")
+        result = subprocess.run([sys.executable, "-m", "hf_trainkit.cli", "monitor", str(tmp_path / "psr"),
+                                 str(tmp_path / "nsr"), *flags, "--output-dir", str(out), "--no-progress"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        outputs[bool(flags)] = (sorted(p.name for p in out.iterdir()), [r["label"] for r in summary["ranking"]])
+    assert outputs[True] == outputs[False] and outputs[True][1] == ["nsr", "psr"]
