@@ -9,15 +9,24 @@ Prints two tables:
    scoring) for PSR and NSR with exactly half of the samples kept, against the unfiltered update of plain
    GRPOTrainer (target ratio <= 0.6).
 
-Both tables are printed for the text model (a tiny Llama) and for a vision-language model (Qwen2.5-VL's
+3. zero-variance groups (`--tables flat`, text model): mode grpo against GRPOTrainer when 25 / 50 / 75 % of the
+   groups have equal rewards: the policy update (target ratio <= informative share + 0.1), the whole step, and the
+   largest difference of the final weights (the skip is exact: float rounding only).
+
+4. dynamic sampling (`--tables dynamic`), on the headroom task of `benchmarks/paper_fidelity.py`: grpo and psr
+   with and without `dynamic_sampling`, several seeds, held-out pass@1 and pass@16 (exact, per prompt) with 95 %
+   intervals (two-level bootstrap over seeds and prompts), at the same number of steps, at equal generated
+   samples and at equal wall time, and the verdict: helps, hurts or undecided.
+
+The first two tables are printed for the text model (a tiny Llama) and for a vision-language model (Qwen2.5-VL's
 architecture, built locally, on the chart task's 112 px images: every sample's image runs through the vision tower
 in the update, so dropping a sample drops its image too).
 
 Each figure is the median over the measured steps (after warm-up steps) of the fastest of several interleaved repeats,
 since other load on the machine only ever adds time. CPU by default; a larger model than the demo's so that the update dominates overheads.
 
-    python benchmarks/rl_step.py [--models text vlm] [--steps 12] [--hidden-size 256] [--layers 4]
-                                 [--completion-length 48]
+    python benchmarks/rl_step.py [--tables filter flat] [--models text vlm] [--steps 12] [--hidden-size 256]
+                                 [--layers 4] [--completion-length 48] [--flat-shares 0.25 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -34,6 +43,19 @@ import time
 def half_reward(completions, **kwargs):
     """1, 0, 1, 0, ...: exactly half of every group is positive."""
     return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+class FlatGroupsReward:
+    """The first `flat` of every 4 groups all right (zero variance, advantage 0), the others 1, 0, 1, 0, ..."""
+
+    __name__ = "flat_groups_reward"
+
+    def __init__(self, share: float, num_generations: int = 8):
+        self.flat, self.num_generations = round(4 * share), num_generations
+
+    def __call__(self, completions, **kwargs):
+        return [1.0 if (i // self.num_generations) % 4 < self.flat else float(i % 2 == 0)
+                for i in range(len(completions))]
 
 
 class StepTimer:
@@ -62,7 +84,7 @@ class StepTimer:
         trainer._prepare_inputs, trainer.training_step = timed_prepare, timed_training_step
 
 
-def build_trainer(kind: str, options, output_dir: str, model_kind: str = "text"):
+def build_trainer(kind: str, options, output_dir: str, model_kind: str = "text", reward=half_reward):
     from trl import GRPOConfig, GRPOTrainer
 
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
@@ -100,7 +122,7 @@ def build_trainer(kind: str, options, output_dir: str, model_kind: str = "text")
         processing_class = build_toy_tokenizer()
         model = build_tiny_model(processing_class, hidden_size=options.hidden_size, num_layers=options.layers, seed=0)
         dataset = build_toy_dataset(1024)
-    return trainer_cls(model=model, reward_funcs=half_reward, args=args, train_dataset=dataset,
+    return trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
                        processing_class=processing_class)
 
 
@@ -108,14 +130,154 @@ def build_trainer(kind: str, options, output_dir: str, model_kind: str = "text")
 VLM_IMAGE_SIZE = 112
 
 
-def measure(kind: str, options, model_kind: str) -> tuple[float, float]:
+def measure(kind: str, options, model_kind: str, reward=half_reward, weights: list | None = None):
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(kind, options, output_dir, model_kind)
+        trainer = build_trainer(kind, options, output_dir, model_kind, reward)
         timer = StepTimer(trainer)
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.train()
+    if weights is not None:
+        weights[:] = [p.detach().clone() for p in trainer.model.parameters()]
     steps, updates = timer.step_seconds[options.warmup :], timer.update_seconds[options.warmup :]
     return statistics.median(steps), statistics.median(updates)
+
+
+def measure_flat(options) -> dict:
+    """share -> (TRL step, TRL update, ours step, ours update, max |weight difference|)."""
+    results = {}
+    for share in options.flat_shares:
+        reward = FlatGroupsReward(share)
+        runs = {"trl": [], "grpo": []}
+        weights = {"trl": [], "grpo": []}
+        for _ in range(options.repeats):
+            for kind in runs:
+                runs[kind].append(measure(kind, options, "text", reward, weights[kind]))
+        difference = max((a - b).abs().max().item() for a, b in zip(weights["trl"], weights["grpo"]))
+        best = {kind: (min(r[0] for r in values), min(r[1] for r in values)) for kind, values in runs.items()}
+        results[share] = (*best["trl"], *best["grpo"], difference)
+    return results
+
+
+def print_flat_table(results: dict) -> None:
+    print("\n## zero-variance groups, text model (tiny Llama), mode grpo vs GRPOTrainer\n")
+    print("| flat groups | update s (TRL) | update s (ours) | update ratio | target | step ratio "
+          "| max abs weight diff |")
+    print("|---|---|---|---|---|---|---|")
+    for share, (trl_step, trl_update, step, update, difference) in results.items():
+        print(f"| {share:.0%} | {trl_update:.4f} | {update:.4f} | {update / trl_update:.3f} | <= {1 - share + 0.1:.2f} "
+              f"| {step / trl_step:.3f} | {difference:.1e} |")
+
+
+class CountingReward:
+    """Wraps a reward function; counts the completions it scored (= generated)."""
+
+    def __init__(self, func):
+        self.func, self.samples, self.__name__ = func, 0, getattr(func, "__name__", "reward")
+
+    def __call__(self, completions, **kwargs):
+        self.samples += len(completions)
+        return self.func(completions, **kwargs)
+
+
+def train_headroom(mode: str, dynamic: bool, seed: int, base, options) -> list[dict]:
+    """One headroom run (paper_fidelity.py's settings); at every `dynamic_eval_every` steps: steps, wall seconds
+    of training (measurements excluded), completions generated, held-out pass@1 and pass@16 per prompt."""
+    import copy
+
+    from transformers import TrainerCallback
+
+    from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
+    from hf_trainkit.tasks.headroom import (build_headroom_dataset, build_headroom_tokenizer, exact_metrics,
+                                            headroom_reward, headroom_rows)
+
+    tokenizer, rows = build_headroom_tokenizer(), headroom_rows("heldout")
+    reward = CountingReward(headroom_reward)
+    points, clock = [], {"start": None, "excluded": 0.0}
+
+    def point(model, step):
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        records = exact_metrics(model, tokenizer, rows, [1, 16], n=16)
+        model.train(was_training)
+        wall = started - clock["start"] - clock["excluded"]
+        points.append({"step": step, "wall": wall, "samples": reward.samples,
+                       "pass@1": [r["pass@1"] for r in records], "pass@16": [r["pass@16"] for r in records]})
+        clock["excluded"] += time.perf_counter() - started
+
+    class Measure(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            clock["start"] = time.perf_counter()
+            point(model, 0)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % options.dynamic_eval_every == 0 or state.global_step == state.max_steps:
+                point(model, state.global_step)
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = FilteredGRPOConfig(
+            output_dir=output_dir, mode=mode, seed=seed, max_steps=options.dynamic_steps, learning_rate=1e-3,
+            per_device_train_batch_size=16, num_generations=8, max_completion_length=2, logging_steps=10,
+            report_to=[], save_strategy="no", disable_tqdm=True, log_mode_summary=False, dynamic_sampling=dynamic,
+            dynamic_sampling_max_rounds=options.dynamic_rounds)
+        trainer = FilteredGRPOTrainer(model=copy.deepcopy(base), reward_funcs=reward, args=args,
+                                      train_dataset=build_headroom_dataset(4096, seed=seed),
+                                      processing_class=tokenizer, callbacks=[Measure()])
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer.train()
+    return points
+
+
+def measure_dynamic(options) -> dict:
+    """(mode, dynamic) -> one list of points per seed."""
+    from hf_trainkit.tasks.headroom import build_headroom_base_model, build_headroom_tokenizer
+
+    runs = {(mode, dynamic): [] for mode in ("grpo", "psr") for dynamic in (False, True)}
+    for seed in options.dynamic_seeds:
+        base = build_headroom_base_model(build_headroom_tokenizer(), seed=seed)
+        for (mode, dynamic), per_seed in runs.items():
+            per_seed.append(train_headroom(mode, dynamic, seed, base, options))
+        print(f"# seed {seed} done", file=sys.stderr, flush=True)
+    return runs
+
+
+def _at_budget(points: list[dict], key: str, budget: float) -> dict:
+    """The last measurement taken within `budget` of `key` (samples or wall seconds)."""
+    within = [p for p in points if p[key] <= budget + 1e-9]
+    return within[-1] if within else points[0]
+
+
+def print_dynamic_table(runs: dict, options) -> None:
+    import numpy as np
+
+    from hf_trainkit.eval.intervals import draw_resamples, estimate
+
+    seeds = len(options.dynamic_seeds)
+    print(f"\n## dynamic sampling on the headroom task ({seeds} seeds x 6 held-out prompts, {options.dynamic_steps} "
+          f"steps, up to {options.dynamic_rounds} extra rounds; mean [95 % interval])\n")
+    print("| mode | dynamic sampling | wall s | samples generated | pass@1 | pass@16 |")
+    print("|---|---|---|---|---|---|")
+    for (mode, dynamic), per_seed in runs.items():
+        finals = [points[-1] for points in per_seed]
+        resamples = draw_resamples(seeds, len(finals[0]["pass@1"]), 2000, seed=0)
+        cells = [estimate(np.array([f[k] for f in finals]), resamples).format() for k in ("pass@1", "pass@16")]
+        print(f"| {mode} | {'on' if dynamic else 'off'} | {np.mean([f['wall'] for f in finals]):.1f} | "
+              f"{np.mean([f['samples'] for f in finals]):.0f} | {cells[0]} | {cells[1]} |")
+    print("\n| mode | on - off, compared at | pass@1 | pass@16 | verdict (pass@1, pass@16) |")
+    print("|---|---|---|---|---|")
+    for mode in ("grpo", "psr"):
+        off, on = runs[(mode, False)], runs[(mode, True)]
+        for label, pick in (("the same steps", lambda points, ref: points[-1]),
+                            ("equal samples", lambda points, ref: _at_budget(points, "samples", ref["samples"])),
+                            ("equal wall time", lambda points, ref: _at_budget(points, "wall", ref["wall"]))):
+            cells, verdicts = [], []
+            for k in ("pass@1", "pass@16"):
+                differences = np.array([np.array(pick(a, b[-1])[k]) - np.array(b[-1][k]) for a, b in zip(on, off)])
+                resamples = draw_resamples(seeds, differences.shape[1], 2000, seed=0)
+                value = estimate(differences, resamples)
+                cells.append(value.format(signed=True))
+                verdicts.append("helps" if value.low > 0 else "hurts" if value.high < 0 else "undecided")
+            print(f"| {mode} | {label} | {cells[0]} | {cells[1]} | {', '.join(verdicts)} |")
 
 
 def main(argv=None) -> int:
@@ -129,7 +291,19 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="completions per step (default: %(default)s)")
     parser.add_argument("--loss-type", default="dapo", help="TRL loss_type (default: %(default)s)")
     parser.add_argument("--models", nargs="+", choices=["text", "vlm"], default=["text", "vlm"],
-                        help="which models to measure (default: both)")
+                        help="which models the filter tables measure (default: both)")
+    parser.add_argument("--tables", nargs="+", choices=["filter", "flat", "dynamic"], default=["filter", "flat"],
+                        help="filter: tables 1-2 (step time, PSR/NSR update); flat: table 3, zero-variance groups; "
+                        "dynamic: table 4, dynamic sampling on the headroom task (CPU-heavy) (default: filter flat)")
+    parser.add_argument("--dynamic-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="seeds of table 4 (default: %(default)s)")
+    parser.add_argument("--dynamic-steps", type=int, default=60, help="steps per run of table 4 (default: %(default)s)")
+    parser.add_argument("--dynamic-rounds", type=int, default=3,
+                        help="dynamic_sampling_max_rounds of table 4 (default: %(default)s)")
+    parser.add_argument("--dynamic-eval-every", type=int, default=5,
+                        help="steps between the measurements of table 4 (default: %(default)s)")
+    parser.add_argument("--flat-shares", nargs="+", type=float, default=[0.25, 0.5, 0.75],
+                        help="shares of zero-variance groups for table 3, multiples of 0.25 (default: %(default)s)")
     options = parser.parse_args(argv)
 
     import torch
@@ -143,8 +317,13 @@ def main(argv=None) -> int:
           f"model hidden={options.hidden_size} layers={options.layers}, {options.batch_size} completions x "
           f"{options.completion_length} tokens per step, loss_type={options.loss_type}, "
           f"{options.steps} steps x {options.repeats} repeats; median step of each run, best run")
-    for model_kind in options.models:
-        print_tables(model_kind, measure_all(options, model_kind))
+    if "filter" in options.tables:
+        for model_kind in options.models:
+            print_tables(model_kind, measure_all(options, model_kind))
+    if "flat" in options.tables:
+        print_flat_table(measure_flat(options))
+    if "dynamic" in options.tables:
+        print_dynamic_table(measure_dynamic(options), options)
     return 0
 
 

@@ -77,8 +77,8 @@ class RefillSampler:
     def load_state_dict(self, state: dict[str, int]):
         if int(state["size"]) != self.size or int(state["seed"]) != self.seed:
             raise ValueError(
-                f"RefillSampler: the checkpoint's refill state is for {state['size']} prompts and seed {state['seed']}, "
-                f"this run has {self.size} prompts and seed {self.seed}; resume with the same data set and --seed."
+                f"RefillSampler: the checkpoint's refill state is for {state['size']} prompts and seed "
+                f"{state['seed']}, this run has {self.size} prompts and seed {self.seed}; resume with the same data set and --seed."
             )
         self.drawn = int(state["drawn"])
 

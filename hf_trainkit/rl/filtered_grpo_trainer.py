@@ -47,7 +47,13 @@ class FilteredGRPOTrainer(GRPOTrainer):
       loss on the kept samples alone, for every `loss_type`.
 
     In mode `"grpo"` the advantages and the loss are TRL's own; only unscorable completions (every reward function
-    returned `None`, advantage 0 in TRL) are left out of the loss instead of diluting its denominator.
+    returned `None`, advantage 0 in TRL) are left out of the loss instead of diluting its denominator. Rows of
+    advantage exactly 0 (zero-variance groups) are left out of the forward pass with TRL's normaliser kept
+    (`drop_zero_variance_groups`), so the loss and the gradient stay TRL's.
+
+    With `dynamic_sampling=True`, `_generate_and_score_completions` also runs the refill rounds (see
+    [`hf_trainkit.rl.dynamic_sampling`]), and `_save_rng_state` / `_load_rng_state` save and restore the refill
+    sampler beside the RNG states of each checkpoint.
 
     Example:
 
@@ -160,7 +166,8 @@ class FilteredGRPOTrainer(GRPOTrainer):
                 source[slot * num_generations:(slot + 1) * num_generations] = total + group * num_generations + rows
             rewards = torch.cat([rewards, refill_rewards.to(rewards.device)])[source.to(rewards.device)]
             local = source[rank * local_size:(rank + 1) * local_size]
-            local = torch.where(local < total, local - rank * local_size, local - total - rank * local_size + local_size)
+            offset = rank * local_size
+            local = torch.where(local < total, local - offset, local - total - offset + local_size)
             output = take_rows(concat_rows(output, refill, self._tokenizer.pad_token_id), local)
             informative[list(assignment)] = True
         if rounds:  # the batch changed: TRL's token count of it too (a collective, on every rank alike)
@@ -259,7 +266,8 @@ class FilteredGRPOTrainer(GRPOTrainer):
         dataset = self.train_dataset
         if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise ValueError("FilteredGRPOTrainer: dynamic_sampling=True needs a map-style train_dataset (one with a "
-                             "length, to draw refill prompts from); pass a datasets.Dataset or set dynamic_sampling=False.")
+                             "length, to draw refill prompts from); pass a datasets.Dataset or set "
+                             "dynamic_sampling=False.")
         columns = set(getattr(dataset, "column_names", None) or [])
         if columns & {"image", "images"}:
             raise ValueError("FilteredGRPOTrainer: dynamic_sampling=True does not support image data sets yet (the "

@@ -1,7 +1,8 @@
 """Two-process ZeRO-3 harness: `python zero3_flat_groups.py trl|ours|dynamic OUTPUT_DIR` trains plain
 `GRPOTrainer`, `FilteredGRPOTrainer` (mode grpo, zero-variance groups skipped) or `FilteredGRPOTrainer` (mode psr
-with dynamic sampling; the rules scored per call and the log history go into rows_rank_<i>.json) on the toy task with a reward that makes about half
-of the groups flat, so that the ranks keep different numbers of rows; each rank writes
+with dynamic sampling; the rules scored per call and the log history go into rows_rank_<i>.json) on the toy task
+with a reward that makes about half of the groups flat, so that the ranks keep different numbers of rows; each
+rank writes
 OUTPUT_DIR/rows_rank_<i>.json (rows per training forward pass, informative rows per generation batch) and the run
 saves its final weights (gathered from the ZeRO-3 shards)."""
 
