@@ -22,7 +22,8 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
     """Steps, values and per-epoch figures of one logged training metric (eval and summary entries left out).
 
     Returns `None` when the key was never logged. Epoch boundaries are the steps at which the integer part of
-    `epoch` first grows; per-epoch averages group the logs by that integer part.
+    `epoch` first grows; per-epoch averages group the logs by that integer part, each marked `complete` when the
+    run went through that whole epoch (a 0.1-epoch run has one average, of a tenth of an epoch, not complete).
     """
     from ..monitor.load import parse_state
 
@@ -43,6 +44,8 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
             per_epoch.setdefault(index, []).append((step, value))
     finite = [v for v in values if math.isfinite(v)]
     best = (min(finite) if mode == "min" else max(finite)) if finite else None
+    numeric_epochs = [e for e in epochs if isinstance(e, (int, float)) and math.isfinite(e)]
+    last_epoch = max(numeric_epochs, default=0.0)
     return {
         "key": key,
         "steps": steps,
@@ -50,7 +53,7 @@ def curve_stats(log_history: list[dict], key: str = "loss", mode: str = "min") -
         "epoch_boundaries": boundaries,
         "epoch_averages": [
             {"epoch": index + 1, "first_step": pairs[0][0], "last_step": pairs[-1][0],
-             "average": sum(v for _, v in pairs) / len(pairs)}
+             "average": sum(v for _, v in pairs) / len(pairs), "complete": last_epoch >= index + 1 - 1e-6}
             for index, pairs in sorted(per_epoch.items())
         ],
         "best": best,
@@ -67,10 +70,13 @@ def _per_log_label(key: str, steps: list) -> str:
     return f"{key} per step" if every <= 1 else f"{key} per log (every {every:g} steps)"
 
 
-def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None, title: str):
-    """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), per-epoch average segments, the legend
-    beside the plot and the figures in one line under it (neither covers a data point); save to `path`. Returns the
-    figure (closed) so callers can inspect what was drawn."""
+def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None, title: str, rl: bool = False):
+    """Draw the curve, epoch boundaries (dashed, gid `epoch-boundary`), the average of each complete epoch, the
+    legend beside the plot and the figures in one line under it (neither covers a data point); save to `path`.
+    Returns the figure (closed) so callers can inspect what was drawn.
+
+    `rl`: the loss of an RL run, whose level follows its advantages (PSR's +1, NSR's -1), not how good the model is:
+    no "best" figure, which would call its most negative value the best."""
     from ..monitor.plots import headless_pyplot
 
     plt = headless_pyplot()
@@ -80,11 +86,13 @@ def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None
             label=_per_log_label(key, stats["steps"]))
     for step in stats["epoch_boundaries"]:
         ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, gid=EPOCH_LINE_GID)
-    for segment in stats["epoch_averages"]:
+    complete = [segment for segment in stats["epoch_averages"] if segment.get("complete", True)]
+    for segment in complete:  # the average of part of an epoch would read as the epoch's
         ax.hlines(segment["average"], segment["first_step"], segment["last_step"], colors="tab:orange",
-                  linewidth=2.2, label="epoch average" if segment is stats["epoch_averages"][0] else None)
+                  linewidth=2.2, label="epoch average" if segment is complete[0] else None)
     figures = [f"total steps: {total_steps}", f"epochs: {epochs:.2f}" if epochs is not None else "epochs: -",
-               f"best {key}: {stats['best']:.4g} (step {stats['best_step']})" if stats["best"] is not None else "",
+               f"best {key}: {stats['best']:.4g} (step {stats['best_step']})"
+               if stats["best"] is not None and not rl else "",
                f"final {key}: {stats['final']:.4g}"]
     ax.set_title(title)
     ax.set_xlabel("step\n" + "   ·   ".join(line for line in figures if line))
@@ -98,10 +106,13 @@ def plot_curve(stats: dict, path: str, *, total_steps: int, epochs: float | None
 
 def curve_titles(mode: str | None) -> dict[str, str]:
     """Figure titles. GRPO's loss is ~0 by construction (advantages are centred per group), so its loss figure says
-    to look at the reward; PSR/NSR/W-REINFORCE losses are not, and say nothing of the kind."""
+    to look at the reward; PSR/NSR/W-REINFORCE losses are not ~0 but flat at their advantages' level, and say that
+    they do not measure quality."""
     loss = "Training loss"
     if mode == "grpo":
         loss += " (GRPO's loss is ~0 by construction: the reward is what moves)"
+    elif mode:
+        loss += f" ({mode.upper()}: an RL loss, not a measure of quality; see reward_curve.png)"
     return {LOSS_CURVE: loss, REWARD_CURVE: "Reward" + (f" ({mode.upper()})" if mode else "")}
 
 
@@ -159,6 +170,6 @@ class LossCurveCallback(TrainerCallback):
         for curve, name in ((loss, LOSS_CURVE), (reward, REWARD_CURVE)):
             if curve:
                 plot_curve(curve, os.path.join(image_dir, name), total_steps=state.global_step, epochs=epochs,
-                           title=titles[name])
+                           title=titles[name], rl=reward is not None and name == LOSS_CURVE)
                 self.titles[name] = titles[name]
         return stats

@@ -129,7 +129,7 @@ class FigureWriter:
         return path
 
     def metric_figure(self, name: str, title: str, pick: Callable[[RunHistory], dict[str, Series]],
-                      schedule: bool = False) -> Path | None:
+                      schedule: bool = False, ylabel: str | None = None) -> Path | None:
         """One figure; `pick(run)` gives the series to draw for a run, as {suffix: series}.
 
         `schedule=True` (the learning rate): drawn raw, never smoothed (an EMA of a decaying schedule lags it: the
@@ -155,7 +155,7 @@ class FigureWriter:
         if not drawn:
             self.plt.close(fig)
             return None
-        self._axes_label(ax, title, title)
+        self._axes_label(ax, title, ylabel or title)
         return self._save(fig, name)
 
     def mode_metrics_figure(self) -> Path | None:
@@ -287,7 +287,8 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
     """Every figure that the runs have data for; returns the written paths."""
     writer = FigureWriter(runs, output_dir, x=x, smooth=smooth, log_y=log_y)
     tasks: list[Callable[[], object]] = [
-        lambda: writer.metric_figure("training_loss.png", "Training loss", lambda r: _pick(r.train, "loss", "")),
+        lambda: writer.metric_figure("training_loss.png", loss_title(runs), lambda r: _pick(r.train, "loss", ""),
+                                     ylabel="loss"),
         lambda: writer.metric_figure("learning_rate.png", "Learning rate",
                                      lambda r: _pick(r.train, "learning_rate", ""), schedule=True),
         lambda: writer.metric_figure("gradient_norm.png", "Gradient norm", lambda r: _pick(r.train, "grad_norm", "")),
@@ -319,6 +320,15 @@ def write_figures(runs: list[RunHistory], output_dir: Path, *, x: str = "step", 
         if progress is not None:
             progress()
     return writer.written
+
+
+RL_LOSS_NOTE = "RL: not a measure of quality; see rewards.png"
+
+
+def loss_title(runs: list[RunHistory]) -> str:
+    """The title of training_loss.png: an RL run's loss (flat near -1, 0 or 1 by its advantages: PSR's +1, NSR's -1,
+    GRPO's centred ones) says nothing of how well it does, and the figure says so."""
+    return f"Training loss ({RL_LOSS_NOTE})" if any(run.is_rl for run in runs) else "Training loss"
 
 
 def _pick(table: dict[str, Series], key: str | None, suffix: str) -> dict[str, Series]:

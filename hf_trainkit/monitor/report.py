@@ -28,15 +28,19 @@ def write_report(path: Path, summaries: list[dict], figures: list[Path], ranking
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}",
         "img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.advice{color:#555}",
         "</style></head><body><h1>Training report</h1>",
-        _table(["run", "steps", "epochs", "runtime s", "monitored", "final", "final eval_loss", "verdict", "why"],
-               rows),
+        # Two different numbers, named apart: the run table shows the last logged value, the ranking the final level
+        # (the mean of the last 10 % of logs, at least 5: one lucky or unlucky last batch does not decide it).
+        _table(["run", "steps", "epochs", "runtime s", "monitored", "last logged (reward for RL, else loss)",
+                "last eval_loss", "verdict", "why"], rows),
     ]
     for s in summaries:
         parts.append(f"<p class='advice'><b>{html.escape(s['label'])}</b>: "
                      f"{html.escape(s['diagnosis']['advice'])}</p>")
     if ranking_rows:
         parts.append("<h2>Ranking</h2>")
-        parts.append(_table(["rank", "run", "metric", "final", "verdict"],
+        parts.append("<p class='advice'>Ranked by each run's final level: the mean of its last 10 % of logs (at "
+                     "least 5), not its last logged value.</p>")
+        parts.append(_table(["rank", "run", "metric", "final level (mean of last 10 % of logs)", "verdict"],
                             [[r["rank"], r["label"], r["metric"], r["final"], r["verdict"]] for r in ranking_rows]))
     for figure in figures:
         data = base64.b64encode(figure.read_bytes()).decode("ascii")

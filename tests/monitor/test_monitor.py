@@ -379,3 +379,38 @@ def test_compare_is_accepted_as_an_alias_that_changes_nothing(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         outputs[bool(flags)] = (sorted(p.name for p in out.iterdir()), [r["label"] for r in summary["ranking"]])
     assert outputs[True] == outputs[False] and outputs[True][1] == ["nsr", "psr"]
+
+
+def test_figures_and_report_do_not_mislead(tmp_path, monkeypatch):
+    """An RL run's training_loss.png says its loss is no measure of quality; report.html names the last logged value
+    and the ranking's final level (the mean of the last 10 % of logs) apart."""
+    from hf_trainkit.monitor.plots import FigureWriter
+
+    def history(level, last):
+        rewards = [level] * 39 + [last]
+        return [{"step": s + 1, "loss": -1.0, "reward": r, "psr/avg_reward": 1.0} for s, r in enumerate(rewards)]
+
+    for name, level, last in (("lucky", 0.6, 1.0), ("steady", 0.8, 0.4)):
+        write_state(tmp_path / name / "trainer_state.json", history(level, last))
+    write_state(tmp_path / "sft" / "trainer_state.json", loss_history(30))
+    titles = {}
+    save = FigureWriter._save
+
+    def capture(writer, fig, name):
+        titles[(tuple(r.label for r in writer.runs), name)] = [ax.get_title() for ax in fig.axes]
+        return save(writer, fig, name)
+
+    monkeypatch.setattr(FigureWriter, "_save", capture)
+    out = tmp_path / "cmp"
+    assert monitor_main([str(tmp_path / "lucky"), str(tmp_path / "steady"), "--output-dir", str(out),
+                         "--no-progress"]) == 0
+    assert titles[(("lucky", "steady"), "training_loss.png")] == [
+        "Training loss (RL: not a measure of quality; see rewards.png)"]
+    assert monitor_main([str(tmp_path / "sft"), "--output-dir", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert titles[(("sft",), "training_loss.png")] == ["Training loss"]
+    report = (out / "report.html").read_text()
+    run_table, ranking = report.split("<h2>Ranking</h2>")
+    assert "<th>last logged (reward for RL, else loss)</th>" in run_table and "<th>final</th>" not in report
+    assert "<th>final level (mean of last 10 % of logs)</th>" in ranking
+    assert "<td>lucky</td>" in run_table and "<td>1</td>" in run_table  # lucky's last logged reward
+    assert f"<td>{(0.6 * 4 + 1.0) / 5:.4g}</td>" in ranking  # ... and its final level
