@@ -171,12 +171,18 @@ class FigureWriter:
                         color="grey")
             self._axes_label(ax, title, key)
         ax = axes.flat[3]
+        # A run that logged several modes (resumed with another --mode) has a series per mode here: each its own
+        # colour when there is one run, else the run's colour in a line style per mode, never two alike.
+        dashes = dict(zip(MODE_PREFIXES, ("-", "--", ":", "-.")))
+        cycle = self.plt.get_cmap("tab10")
         for run in self.runs:
-            for prefix in MODE_PREFIXES:
+            for index, prefix in enumerate(MODE_PREFIXES):
                 key = f"{prefix}/avg_reward"
                 if key in run.train:
-                    draw_series(ax, run, run.train[key], self.colors[id(run)], f"{run.label} ({prefix})", self.x,
-                                self.smooth)
+                    one_run = len(self.runs) == 1
+                    draw_series(ax, run, run.train[key], cycle(index) if one_run else self.colors[id(run)],
+                                f"{run.label} ({prefix})", self.x, self.smooth,
+                                linestyle="-" if one_run else dashes[prefix])
         self._axes_label(ax, "Average reward of kept samples by mode", "avg_reward")
         return self._save(fig, "mode_metrics.png")
 

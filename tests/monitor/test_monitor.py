@@ -414,3 +414,27 @@ def test_figures_and_report_do_not_mislead(tmp_path, monkeypatch):
     assert "<th>final level (mean of last 10 % of logs)</th>" in ranking
     assert "<td>lucky</td>" in run_table and "<td>1</td>" in run_table  # lucky's last logged reward
     assert f"<td>{(0.6 * 4 + 1.0) / 5:.4g}</td>" in ranking  # ... and its final level
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_mode_panel_series_of_one_run_are_told_apart(tmp_path, runs):
+    """A run resumed with another --mode logs avg_reward under several prefixes: each series gets its own colour
+    (one run) or line style (several runs, the run keeping its colour); before, all were one solid colour."""
+    from hf_trainkit.monitor.load import load_run
+    from hf_trainkit.monitor.plots import FigureWriter
+
+    loaded = []
+    for index in range(runs):
+        history = [{"step": s, "loss": 0.0, "reward": 0.5, f"{prefix}/avg_reward": 0.5 + 0.01 * s}
+                   for s in range(1, 31) for prefix in ("psr", "nsr", "w_reinforce")]
+        loaded.append(load_run(write_state(tmp_path / f"run{index}" / "trainer_state.json", history)))
+    writer = FigureWriter(loaded, tmp_path / "plots", smooth=0.0)
+    captured = []
+    writer._save = lambda fig, name: captured.append(fig)
+    writer.mode_metrics_figure()
+    ax = captured[0].axes[3]
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 3 * runs
+    looks = {(tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color(),
+              line.get_linestyle()) for line in lines}
+    assert len(looks) == len(lines)
