@@ -81,6 +81,8 @@ def test_a_real_training_with_its_dashboard_under_attack(tmp_path):
         dashboard_log = out / "logs" / "dashboard.log"
         assert stat.S_IMODE(dashboard_log.stat().st_mode) == 0o600 and token not in dashboard_log.read_text()
         assert stat.S_IMODE((out / "dashboard_token").stat().st_mode) == 0o600
+        assert not any(token in path.read_text(errors="replace") for path in (out / "logs").rglob("*")
+                       if path.is_file())  # train.log, log_history.jsonl, dashboard.log
         assert _request(f"{base}/api/data?token={token}")[0] == 401
         assert _request(f"{base}/api/stop?token={token}", method="POST", body=b"{}")[0] == 401
         _wait("the training to run", lambda: _step(out) >= 3, 120, log)
