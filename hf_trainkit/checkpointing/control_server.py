@@ -226,6 +226,19 @@ class _Connection:
 
 
 class ControlServer(ThreadingHTTPServer):
+    """The live-control endpoint (and, with other routes, the dashboard's server), started with `start()`.
+
+    Args:
+        run_dir (`str`): the run whose request files it writes. token (`str`): the bearer token.
+        status_provider (`Callable[[], dict]`): what `GET /status` answers.
+        host (`str`, *optional*, defaults to `"127.0.0.1"`), port (`int`, *optional*, defaults to `0`: a free one).
+        max_connections (`int`, *optional*, defaults to 256): served at once; one more sheds the oldest connection
+            still waiting for its headers (those that never showed the token first), or gets a JSON 503 if none is.
+        connection_timeout (`float`, *optional*, defaults to 10): per socket read of a body.
+        header_seconds (`float`, *optional*, defaults to 5): for the request line and all headers of each request.
+        listening_socket (`socket.socket`, *optional*): a socket already bound and listening, served as is.
+    """
+
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
