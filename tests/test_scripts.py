@@ -379,3 +379,23 @@ def test_a_terminal_still_gets_the_progress_bar(tmp_path):
     assert process.wait(timeout=300) == 0, seen[-3000:]
     text = seen.decode(errors="replace")
     assert "3/3 [" in text and "\r" in text and "[Progress]" not in text
+
+
+def test_the_demo_says_what_the_benchmark_measures_and_when_a_pass_at_k_fell():
+    import importlib.util
+
+    from hf_trainkit import demo
+
+    spec = importlib.util.spec_from_file_location("paper_fidelity", ROOT / "benchmarks" / "paper_fidelity.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    defaults = benchmark.build_parser().parse_args([])
+    assert (len(defaults.seeds), defaults.k_max) == (demo.BENCHMARK_SEEDS, demo.BENCHMARK_K_MAX)  # what the demo says
+    rows = [{"mode": "psr", "base_pass@16": 7 / 12, "pass@16": 4 / 12, "base_entropy": 1.9, "entropy": 1.2},
+            {"mode": "nsr", "base_pass@16": 7 / 12, "pass@16": 8 / 12, "base_entropy": 1.9, "entropy": 2.0}]
+    assert demo.fallen_pass_at_k(rows, 40) == (
+        "pass@16 fell for psr (0.58 -> 0.33; held-out entropy 1.90 -> 1.20). One of the 12 held-out charts is 0.083 "
+        "of it, on one seed, after 40 steps of a random tiny VLM: this part shows training on images running, not "
+        "what each mode does to pass@k (benchmarks/paper_fidelity.py measures that). A lower entropy is fewer "
+        "different answers among the 16 samples: the policy narrowed.")
+    assert demo.fallen_pass_at_k(rows[1:], 40) == ""
