@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..checkpointing.control import (ControlError, is_queued, read_response, read_token, settle_queue,
-                                     submit_request, write_token)
+                                     submit_request, why_not_accepted, write_token)
 from ..checkpointing.control_server import NUMBER, ControlServer, _Handler
 from . import data
 from .runs import RunData
@@ -196,6 +196,10 @@ class _DashboardHandler(_Handler):
             state = run.state(self.server.read_only)
             if state["state"] != "running":
                 settle_queue(run.path)  # what the training left queued (it died, or ended first) is answered
+            elif state["can_act"]:
+                refusal = why_not_accepted(run.path, "stop", None)  # a stop under way, a full queue: every tab
+                if refusal is not None:                           # shows the buttons off, and why
+                    state = {**state, "can_act": False, "why_not": str(refusal)}
             out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
                         "line": run.line(state["max_steps"])})
         self._reply(200, {"runs": out})

@@ -232,6 +232,8 @@ def test_concurrent_saves_and_a_save_after_stop_are_all_answered(served):
                for code, body in answers if code == 409)
     status, stop, _ = call(server, "POST", "/api/stop", token=server.token, body=b"{}")
     assert status == 202
+    state = call(server, "GET", "/api/data", token=server.token)[1]["runs"][0]["state"]  # every tab: buttons off
+    assert not state["can_act"] and f"a stop is already queued (request {stop['id']})" in state["why_not"], state
     for action, body in (("save", b'{"name": "after-stop"}'), ("stop", b"{}")):
         status, answer, _ = call(server, "POST", f"/api/{action}", token=server.token, body=body)
         assert status == 409 and f"a stop is already queued (request {stop['id']})" in answer["error"], answer
