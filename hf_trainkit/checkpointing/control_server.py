@@ -287,7 +287,7 @@ class ControlServer(ThreadingHTTPServer):
         """End a connection from outside its thread: its blocked read returns and the thread ends."""
         if why is not None:
             try:  # best effort, never blocking: a client that reads nothing gets nothing
-                connection.sock.send(why, socket.MSG_DONTWAIT)
+                connection.sock.send(why, getattr(socket, "MSG_DONTWAIT", 0))
             except OSError:
                 pass
         try:
