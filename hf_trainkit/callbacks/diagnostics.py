@@ -29,7 +29,8 @@ class TrainingDiagnosticsCallback(StatefulCallback):
       `eval/pass@1` ..., worse than its best by more than its noise), a divergence, and a plateau (nothing changed
       beyond the noise in at least `patience` logs).
 
-    Each is printed once per episode (an episode ends when the condition clears); a plateau once a run. Differences are in the metric's units with their 95 % intervals.
+    Each is printed once per episode (an episode ends when the condition clears); a plateau once a run, and once
+    that it is over when the metric has since moved beyond its noise. Differences are in the metric's units with their 95 % intervals.
     Acts on `on_log`; prints on the world process zero; changes nothing in `control`. The curve itself is read back
     from `state.log_history` (restored on resume), so only what was announced travels in checkpoints. Findings are
     also kept in `self.findings` (dicts).
@@ -64,6 +65,8 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         self._curve: tuple[list, list] = ([], [])
         self._eval: dict[str, tuple[list, list]] = {}
         self._seeded = False
+        self._moved_for = 0  # consecutive judgements that the metric moved beyond its noise
+        self._up_for = 0  # consecutive judgements that it is not collapsed
 
     def state(self) -> dict:
         return {
@@ -175,9 +178,11 @@ class TrainingDiagnosticsCallback(StatefulCallback):
                              eval_name=eval_key or "eval_loss")
         step = state.global_step
         at = f"at step {step}"
-        if result.verdict == "collapsed":
+        collapsed = result.verdict == "collapsed"
+        self._up_for = 0 if collapsed else self._up_for + 1
+        if collapsed:
             self._report(state, "collapse", "collapse", f"collapse {at}: {result.reason}", result.advice)
-        elif self._clear("collapse"):
+        elif self._up_for >= max(5, points // 10) and self._clear("collapse"):  # over for a tenth of the run
             fall = next((f for f in reversed(result.findings) if f.kind in ("dip", "collapse", "past best")), None)
             recovered = fall.message if fall else result.reason
             self.findings.append({"kind": "recovered", "step": step, "message": recovered, "advice": ""})
@@ -193,3 +198,12 @@ class TrainingDiagnosticsCallback(StatefulCallback):
         if result.verdict == "plateau" and points >= self.patience and "plateau" not in self.announced:
             self.announced["plateau"] = points
             self._report(state, "plateau", "plateau", f"plateau {at}: {result.reason}", result.advice)
+        moved = result.verdict in ("still improving", "converged")
+        self._moved_for = self._moved_for + 1 if moved else 0
+        # The plateau said earlier is over once the metric has moved beyond its noise for a tenth of the run
+        # (judged at every log, a curve at the edge of its noise would cross it by chance): said once, so the
+        # console never leaves the plateau's advice standing.
+        if moved and self._moved_for >= max(5, points // 10) and self._clear("plateau"):
+            self.findings.append({"kind": "plateau over", "step": step, "message": result.reason, "advice": ""})
+            if state.is_world_process_zero:
+                logger.warning(f"[diagnostics] the plateau is over {at}: {result.reason}.")

@@ -66,11 +66,20 @@ def spike_message(name: str, step: float, value: float, median: float, z: float)
     return f"{name} spike at step {step:g}: {value:.4g} vs median {median:.4g} (robust z={z:.1f})"
 
 
+def _difference_scale(squares) -> float:
+    """The noise of a stretch of logs from its squared successive differences, the two largest left out (one
+    spike makes two): sqrt(mean / 2). Batch means of 0/1 rewards, whose median absolute deviation is often 0
+    (half the batches hit the same value), still get their true spread."""
+    kept = sorted(squares)[: max(1, len(squares) - 2)] if len(squares) >= 10 else list(squares)
+    return math.sqrt(sum(kept) / len(kept) / 2) if kept else 0.0
+
+
 def robust_z(recent: Sequence[float], value: float, floor: float = 1e-12) -> tuple[float, float]:
-    """(z, median) of `value` against `recent`: (value - median) / max(1.4826 * MAD, floor)."""
+    """(z, median) of `value` against `recent`: (value - median) / max(1.4826 * MAD, difference scale, floor)."""
     median = statistics.median(recent)
     mad = statistics.median(abs(v - median) for v in recent) * 1.4826
-    return (value - median) / max(mad, floor), median
+    spread = _difference_scale([(b - a) ** 2 for a, b in zip(recent, recent[1:])])
+    return (value - median) / max(mad, spread, floor), median
 
 
 @dataclass
@@ -110,7 +119,8 @@ def find_non_finite(steps: Sequence[float], values: Sequence[float], name: str =
 def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, mode: str = "min",
                 window: int = SPIKE_WINDOW, z_threshold: float = SPIKE_Z) -> list[Finding]:
     """Points that jump the wrong way (up for ``mode="min"``, down for ``"max"``) by more than `z_threshold`
-    robust standard deviations (median/MAD) of the trailing `window` points before them.
+    robust standard deviations of the trailing `window` points before them: from their median/MAD, or from their
+    successive differences when that is larger (batch means of 0/1 rewards, whose MAD is often 0).
 
     The scale never falls below 1% of the curve's whole range, so a loss resting near 0 (MAD ~ 0) does not turn
     every wiggle into a spike; nor, for a curve of few distinct values (an RL reward averaging 0/1 rewards over a
@@ -130,17 +140,23 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
         floor = max(floor, 2.0 * float(np.diff(distinct).min()))
     medians = np.empty(len(x))
     mads = np.empty(len(x))
+    spreads = np.zeros(len(x))
     # Points minimum..window-1 see a shorter history; the rest a full window (a strided view, no copy).
     for i in range(minimum, min(window, len(x))):
         recent = x[:i]
         medians[i] = np.median(recent)
         mads[i] = np.median(np.abs(recent - medians[i]))
+        spreads[i] = _difference_scale((np.diff(recent) ** 2).tolist())
     if len(x) > window:
         windows = np.lib.stride_tricks.sliding_window_view(x[:-1], window)
         medians[window:] = np.median(windows, axis=1)
         mads[window:] = np.median(np.abs(windows - medians[window:, None]), axis=1)
+        squares = np.sort(np.diff(windows, axis=1) ** 2, axis=1)  # as _difference_scale: the two largest left out
+        squares = squares[:, : squares.shape[1] - 2] if squares.shape[1] >= 10 else squares
+        spreads[window:] = np.sqrt(squares.mean(axis=1) / 2)
     z = np.zeros(len(x))
-    z[minimum:] = (x[minimum:] - medians[minimum:]) / np.maximum(mads[minimum:] * 1.4826, floor)
+    scale = np.maximum(np.maximum(mads[minimum:] * 1.4826, spreads[minimum:]), floor)
+    z[minimum:] = (x[minimum:] - medians[minimum:]) / scale
     sign = 1.0 if mode == "min" else -1.0
     return [
         Finding("spike", float(step_of[i]), spike_message(name, float(step_of[i]), float(x[i]), float(medians[i]),

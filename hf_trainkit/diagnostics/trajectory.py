@@ -11,9 +11,10 @@ How a curve is read (``o`` turns "better" into "up": +1 for a reward, -1 for a l
   it excludes zero);
 - it is *still improving* when the slope over its last half is above zero by as much, that last half brought at
   least a tenth of the whole gain, and the end is above the best level reached before the last half (a recovery
-  from a dip back to where it was is not an improvement);
+  from a dip back to where it was is not an improvement); it has *levelled off* only when the end is above that
+  earlier best by less than half of the gain (95 % upper bound): otherwise it may still be improving;
 - it *fell from its best* when a window's level is below the best level before it by more than the noise allows
-  over all the windows searched (Bonferroni over the curve's independent windows); that is a *collapse* when it
+  over all the pairs of windows searched (Bonferroni over the pairs of the curve's independent windows); that is a *collapse* when it
   gave back at least half of what had been gained by then, and it has *recovered* once the level is back within
   the 95 % interval of that best;
 - *overfitting*: the eval metric is worse than its best by more than its noise (from its second differences, which
@@ -118,8 +119,10 @@ def _falls(curve: _Curve, name: str, start: float) -> tuple[list[Finding], dict 
     best[width:], best_at[width:] = prefix[:-width], prefix_at[:-width]
     drop = best - up
     pair = np.sqrt(levels.errors[best_at] ** 2 + levels.errors ** 2)
-    # Independent windows searched for a best and for a fall: two per window length.
-    z_search = z_for(ALPHA, 2 * len(curve.y) / width)
+    # A fall compares a best with a later window: every pair of the curve's independent windows (two per window
+    # length) is searched, so the error rate is shared over them all.
+    independent = 2 * len(curve.y) / width
+    z_search = z_for(ALPHA, max(independent * (independent - 1) / 2, 1))
     gained = best - o * start
     material = drop >= COLLAPSE_SHARE * np.maximum(gained, 0.0)
     significant = drop > z_search * pair
@@ -343,7 +346,7 @@ def diagnose(
     above_before = o * (end - float(levels.means[best_before]))
     above_before_se = math.hypot(end_se, float(levels.errors[best_before]))
     rising = (o * recent > z_moved * recent_se and (not improved or o * recent >= RECENT_SHARE * gain)
-              and above_before > z_moved * above_before_se)
+              and above_before > above_before_se)  # above the earlier best by a standard error
     last_half = (f"{change(recent)} {amount(abs(recent), recent_se)} over its last half (from step "
                  f"{x[half]:g})")
     if rising:
@@ -355,14 +358,21 @@ def diagnose(
         return verdict("still improving", f"{since_start}, and it may still be improving: {last_half}; not enough "
                                           "evidence yet that it has levelled off")
     if improved:
-        tail = f"{last_half}, within its noise" if abs(recent) <= z_moved * recent_se else f"only {last_half}"
+        earlier = float(levels.means[best_before])
+        if abs(recent) <= z_moved * recent_se:
+            tail = f"{last_half}, within its noise"
+        else:  # the last half moved, but the end is not above where the curve already was before it
+            word = "above" if above_before > 0 else "below"
+            tail = (f"it ends {amount(above_before, above_before_se)} {word} its best before step {x[half]:g} "
+                    f"({number(earlier)})")
         reason = f"{since_start}, then levelled off: {tail}"
         if open_fall and open_fall.get("still_down"):
             reason += f"; it is now {amount(open_fall['drop'], open_fall['drop_se'])} worse than its best"
         return verdict("converged", reason)
     noise = f"{name} moves by about ±{number(curve.sigma)} from log to log by chance"
-    evidence = "no sign of learning" if len(y) >= 50 else "not enough evidence yet of a change"
-    return verdict("plateau", f"{since_start}: within its noise ({noise}); {evidence} in {len(y)} logs")
+    evidence = (f"{len(y)} logs show no change beyond it" if len(y) >= 50
+                else f"not enough evidence yet of a change in {len(y)} logs")
+    return verdict("plateau", f"{since_start}: within its noise ({noise}); {evidence}")
 
 
 def new_bests(steps: Sequence[float], values: Sequence[float], mode: str, limit: int = 20) -> dict:

@@ -228,6 +228,17 @@ def test_live_lines_are_the_monitors_model_on_the_logs_so_far_each_said_once(cap
     assert len(lines) == 2 and "no longer collapsed" in lines[1]
 
 
+def test_a_plateau_that_ends_is_said_to_be_over_once():
+    """Flat 16-sample rewards for 80 logs, then a steady rise: the plateau is called at `patience` logs, and once
+    the rise is beyond the noise, one line says it is over; nothing is said twice."""
+    rng = random.Random(2)
+    rate = [0.2 if s < 80 else min(0.2 + (s - 80) / 100, 0.9) for s in range(260)]
+    rewards = [sum(rng.random() < p for _ in range(16)) / 16 for p in rate]
+    kinds, callback = drive(TrainingDiagnosticsCallback(patience=50), rewards, key="reward")
+    assert kinds == ["plateau", "plateau over"], kinds
+    assert callback.findings[0]["step"] == 50 and callback.findings[1]["step"] > 80
+
+
 def test_a_resumed_callback_reads_the_curve_back_from_the_log_history():
     """After a resume only what was announced is restored: the curve comes from state.log_history."""
     rng = random.Random(0)
