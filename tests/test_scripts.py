@@ -364,7 +364,7 @@ def test_a_terminal_still_gets_the_progress_bar(tmp_path):
     main, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 columns: tqdm draws nothing
     process = subprocess.Popen([sys.executable, str(TRAIN), "--output-dir", str(tmp_path / "tty"), "--max-steps", "3",
-                                "--no-save-checkpoints", "--no-loss-curve", "--eval-every", "0", "--quiet"],
+                                "--no-save-checkpoints", "--no-loss-curve", "--eval-every", "0"],
                                stdout=secondary, stderr=secondary, env=SUBPROCESS_ENV)
     os.close(secondary)
     seen = b""
@@ -379,6 +379,10 @@ def test_a_terminal_still_gets_the_progress_bar(tmp_path):
     assert process.wait(timeout=300) == 0, seen[-3000:]
     text = seen.decode(errors="replace")
     assert "3/3 [" in text and "\r" in text and "[Progress]" not in text
+    # The mode line printed during a step starts a line of its own (the bar cleared, then drawn again under it),
+    # never appended to the bar's "... 4.37s/it]".
+    before = re.findall(r"(.)GRPO \[Step \d+\]:", text, flags=re.S)
+    assert len(before) == 3 and set(before) <= {"\r", "\n"}, before
 
 
 def test_the_demo_says_what_the_benchmark_measures_and_when_a_pass_at_k_fell():

@@ -49,6 +49,34 @@ def progress_line(step: int, max_steps: int, seconds_per_step: float | None) -> 
     return line
 
 
+class _AboveTheBar:
+    """stdout while the progress bar is drawn on a terminal: each whole line printed (the trainer's mode line, a
+    diagnostic) clears the bar, is written, and the bar is drawn again under it, instead of being appended to the
+    bar's line. Text without a newline waits for the rest of its line."""
+
+    def __init__(self, stream, bar):
+        self.stream, self.bar, self._pending = stream, bar, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            lines, _, self._pending = self._pending.rpartition("\n")
+            self.bar.clear()
+            self.stream.write(lines + "\n")
+            self.stream.flush()
+            self.bar.refresh()
+        return len(text)
+
+    def flush(self):
+        if self._pending:
+            self.stream.write(self._pending)
+            self._pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... of the real stream
+        return getattr(self.stream, name)
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -80,7 +108,10 @@ class CompactProgressCallback(ProgressCallback):
             _is_terminal(sys.stdout) and _is_terminal(sys.stderr)
         self.lines = not terminal
         if not self.lines:
-            return super().on_train_begin(args, state, control, **kwargs)
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None and not isinstance(sys.stdout, _AboveTheBar):
+                self._stdout, sys.stdout = sys.stdout, _AboveTheBar(sys.stdout, self.training_bar)
+            return
         self.current_step = 0
         self._start_step, self._start_time = state.global_step, time.monotonic()
         self._last_step, self._last_time = state.global_step, self._start_time
@@ -113,7 +144,15 @@ class CompactProgressCallback(ProgressCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if not self.lines:
+            self._restore_stdout()
             return super().on_train_end(args, state, control, **kwargs)
+
+    def _restore_stdout(self):
+        stdout = getattr(self, "_stdout", None)
+        if stdout is not None and isinstance(sys.stdout, _AboveTheBar):
+            sys.stdout.flush()
+            sys.stdout = stdout
+        self._stdout = None
 
 
 class CompactPrinterCallback(PrinterCallback):
