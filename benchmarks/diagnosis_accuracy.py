@@ -15,7 +15,7 @@ Each curve has a known shape and so a known right verdict:
 
 A logged reward is what TRL logs: the mean of `samples` right/wrong (0/1) completions drawn with the curve's success
 rate (4, 8 or 16 samples: one batch of a small GRPO run); a logged loss is the curve times (1 + SGD noise) with a
-relative noise of 5, 10 or 20 %. Eval losses (ten evaluations) carry 1 % noise. Curves of 100, 200 and 500 logs.
+relative noise of 5, 10 or 20 %. Eval losses (ten evaluations) carry 1 % noise. Curves of 50, 100, 200 and 500 logs.
 
 Prints the confusion matrix (rows: shape, columns: verdict), the share right per shape and in all, the false-alarm
 rate per shape (collapsed / diverged / overfitting on a curve that has none of them), and the contradictions (a
@@ -23,7 +23,7 @@ finding that says the opposite of its verdict, or advice to raise and to lower t
 verdict on every real `trainer_state.json` of ../shared/corpus (no labels: what a user would read, and whether any
 contradicts itself). Targets: >= 90 % right, false alarms <= 5 % on every shape, no contradiction.
 
-    python benchmarks/diagnosis_accuracy.py [--seeds 20] [--lengths 100 200 500]
+    python benchmarks/diagnosis_accuracy.py [--seeds 20] [--lengths 50 100 200 500]
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def corpus(folder: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 500])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 200, 500])
     parser.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpus")
     options = parser.parse_args(argv)
 

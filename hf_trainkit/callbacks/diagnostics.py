@@ -13,8 +13,9 @@ from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
-# Past this many logs the model runs on every n // JUDGE_EVERY-th log only (it reads the whole curve: O(n) each).
-JUDGE_EVERY = 1000
+# Past this many logs the model runs on every n // JUDGE_EVERY-th log only: it reads the whole curve (about 10 ms
+# for 1,000 logs, 0.6 s for 100,000), so this keeps it near 1 ms a log at any length.
+JUDGE_EVERY = 200
 
 
 class TrainingDiagnosticsCallback(StatefulCallback):

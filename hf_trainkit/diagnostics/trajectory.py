@@ -362,9 +362,9 @@ def diagnose(
         if abs(recent) <= z_moved * recent_se:
             tail = f"{last_half}, within its noise"
         else:  # the last half moved, but the end is not above where the curve already was before it
-            word = "above" if above_before > 0 else "below"
-            tail = (f"it ends {amount(above_before, above_before_se)} {word} its best before step {x[half]:g} "
-                    f"({number(earlier)})")
+            word = "only {} better than" if above_before > 0 else "{} worse than"
+            tail = (f"it ends {word.format(amount(above_before, above_before_se))} its best before step "
+                    f"{x[half]:g} ({number(earlier)})")
         reason = f"{since_start}, then levelled off: {tail}"
         if open_fall and open_fall.get("still_down"):
             reason += f"; it is now {amount(open_fall['drop'], open_fall['drop_se'])} worse than its best"
