@@ -40,9 +40,9 @@ def monitor_command_parser(subparsers=None) -> argparse.ArgumentParser:
                    "trainer_state.json file; globs such as 'runs/*-2025' are expanded.")
     if subparsers is not None:
         parser = subparsers.add_parser("monitor", help="plot or compare runs from trainer_state.json",
-                                       description=description)
-    else:
-        parser = OneLineArgumentParser(prog=PROG, description=description)
+                                       description=description, allow_abbrev=False)
+    else:  # no prefix matching: a typo is an error with a "did you mean", never another flag
+        parser = OneLineArgumentParser(prog=PROG, description=description, allow_abbrev=False)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="output dir, checkpoint dir or trainer_state.json")
     parser.add_argument("--labels", "--label", nargs="+", metavar="LABEL",
                         help="one label per RUN, in order (default: the run directory's name)")

@@ -438,3 +438,11 @@ def test_mode_panel_series_of_one_run_are_told_apart(tmp_path, runs):
     looks = {(tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color(),
               line.get_linestyle()) for line in lines}
     assert len(looks) == len(lines)
+
+
+def test_an_abbreviated_flag_is_refused(tmp_path, capsys):
+    write_state(tmp_path / "run" / "trainer_state.json", loss_history(10))
+    with pytest.raises(SystemExit) as exit_:
+        monitor_main([str(tmp_path / "run"), "--no-prog", "--output-dir", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --no-prog (did you mean --no-progress?)" in capsys.readouterr().err
