@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from hf_trainkit.diagnostics import diagnose, ema, find_spikes, new_bests, steps_since_improvement
+from hf_trainkit.diagnostics import diagnose, ema, find_spikes, new_bests
 
 
 def tensorboard_ema(values, weight):
@@ -89,12 +89,6 @@ def test_a_loss_resting_near_zero_is_not_spiky():
     values = [0.3 * math.exp(-s / 5) for s in STEPS[:60]]
     values[40] += 1e-3
     assert find_spikes(STEPS[:60], values) == []
-
-
-def test_steps_since_improvement():
-    assert steps_since_improvement([5, 4, 3, 3.1, 3.05, 3.2], mode="min") == 3
-    assert steps_since_improvement([1, 2, 3], mode="max") == 0
-    assert steps_since_improvement([1.0, 0.999, 0.998], mode="min", min_delta=0.01) == 2
 
 
 def binomial_batch_means(probabilities, batch, seed=0):

@@ -10,9 +10,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..metric_rules import is_improvement
-
-
 from .words import ADVICE
 
 # Robust z-score (median/MAD over the trailing window) above which a point is a spike.
@@ -163,21 +160,3 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
                                                           float(z[i])), ADVICE["spike"], {"z": float(z[i])})
         for i in np.flatnonzero(sign * z > z_threshold)
     ]
-
-
-def steps_since_improvement(values: Sequence[float], mode: str = "min", min_delta: float = 0.0,
-                            relative: bool = True) -> int:
-    """Number of points since the last one that beat the best so far by more than `min_delta`.
-
-    With ``relative=True`` the threshold is ``min_delta * |best|``, as for noisy losses of any scale.
-    """
-    best, since = None, 0
-    for value in values:
-        if not is_finite(value):
-            since += 1
-            continue
-        if is_improvement(value, best, mode, min_delta, relative):
-            best, since = value, 0
-        else:
-            since += 1
-    return since

@@ -15,6 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 # One-sided error rate of every decision that calls a change real. Searches over many windows (the best level of a
@@ -66,8 +70,8 @@ class Levels:
     standard error, from the window's own successive differences pulled towards the whole curve's noise."""
 
     width: int
-    means: "np.ndarray"  # noqa: F821
-    errors: "np.ndarray"  # noqa: F821
+    means: "np.ndarray"
+    errors: "np.ndarray"
 
     def __len__(self) -> int:
         return len(self.means)

@@ -30,10 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .curves import Finding, _as_arrays, find_non_finite, find_spikes, is_finite
-from .noise import ALPHA, Z_REPORT, noise_sd, rolling_levels, slope_and_error, window_length, z_for
+from .noise import ALPHA, Z_REPORT, Levels, noise_sd, rolling_levels, slope_and_error, window_length, z_for
 from .words import ADVICE, VERDICTS, amount, change, number
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 # Fewer finite logs than this carry no trend: "too short", not enough evidence either way.
@@ -65,11 +69,11 @@ class Diagnosis:
 class _Curve:
     """A finite curve with its noise and window levels, oriented so that up is better."""
 
-    x: "np.ndarray"  # noqa: F821
-    y: "np.ndarray"  # noqa: F821
+    x: "np.ndarray"
+    y: "np.ndarray"
     orient: float
     sigma: float
-    levels: "object"
+    levels: Levels
 
     @classmethod
     def of(cls, x, y, mode: str) -> "_Curve":
