@@ -145,7 +145,7 @@ def test_dashboard_flag_serves_the_training_and_killing_it_leaves_the_training_u
         _wait_for("steps logged after the kill", lambda: len(_logged_steps(out)) > len(at_kill), 30, log)
         assert training.poll() is None
 
-        assert training.wait(timeout=300) == 0, log.read_text()[-3000:]  # 60 steps: ~30 s idle, 2+ min on a loaded machine
+        assert training.wait(timeout=300) == 0, log.read_text()[-3000:]  # 2+ min on a loaded machine
         assert _logged_steps(out) == list(range(1, STEPS + 1))
         complete = json.loads((out / TRAINING_COMPLETE).read_text())
         assert complete["global_step"] == complete["max_steps"] == STEPS
