@@ -19,7 +19,8 @@ How a curve is read (``o`` turns "better" into "up": +1 for a reward, -1 for a l
   the 95 % interval of that best;
 - *overfitting*: the eval metric is worse than its best by more than its noise (from its second differences, which
   a curving eval does not inflate) while the train metric improved since that eval or held its level;
-- *diverged*: the last value is not finite, or a loss ended worse than where it started, beyond its noise.
+- *diverged*: the last value is not finite, or a loss ended worse than where it started, beyond its noise and by a
+  tenth of its start.
 
 Every difference is printed in the metric's units with its 95 % interval ("reward fell 0.21 ± 0.06 from its best
 0.62 around step 83"), never as a percentage.
@@ -46,9 +47,12 @@ MIN_POINTS = 8
 COLLAPSE_SHARE = 0.5
 # Share of the whole gain the last half must bring for the run to be "still improving" rather than converged.
 RECENT_SHARE = 0.1
-# A run has levelled off when its last half brought less than this share of its gain (95 % upper bound).
+# A run has levelled off when its end is above its best before the last half by less than this share of its gain
+# (95 % upper bound); otherwise it may still be improving.
 LEVELLED_SHARE = 0.5
 Z_ONE_SIDED_95 = z_for(0.05)
+# A loss that ends above its start beyond its noise and by this share of the start has diverged.
+DIVERGED_SHARE = 0.1
 # Spikes that make a curve "unstable": at least this many, or this share of its logs.
 UNSTABLE_SPIKES, UNSTABLE_SHARE = 3, 0.05
 __all__ = ["Diagnosis", "OnlineNoise", "diagnose", "new_bests", "MIN_POINTS", "VERDICTS"]
@@ -290,8 +294,8 @@ def diagnose(
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
     if len(y) < MIN_POINTS:
-        return Diagnosis("too short", f"only {len(y)} finite {name} value{'s' * (len(y) != 1)}: not enough evidence yet "
-                         "either way",
+        plural = "s" * (len(y) != 1)
+        return Diagnosis("too short", f"only {len(y)} finite {name} value{plural}: not enough evidence yet either way",
                          ADVICE["too short"], {"points": int(len(y))}, findings)
     logged = len(y)
     spikes = _isolated(x, find_spikes(x.tolist(), y.tolist(), name, mode=mode))
@@ -332,10 +336,10 @@ def diagnose(
     def verdict(kind: str, reason: str) -> Diagnosis:
         return Diagnosis(kind, reason, ADVICE[kind], numbers, findings)
 
-    if values and not is_finite(values[-1]):
+    if len(values) and not is_finite(values[-1]):
         return verdict("diverged", f"the last {name} is {values[-1]}")
-    if mode == "min" and -gain > z1 * gain_se:
-        return verdict("diverged", f"{since_start}: far worse than at the start")
+    if mode == "min" and -gain > max(z1 * gain_se, DIVERGED_SHARE * abs(start)):
+        return verdict("diverged", f"{since_start}: worse than where it started")
     if open_fall and open_fall["collapse"] and open_fall.get("still_down"):
         numbers.update(best_step=open_fall["best_step"], given_back=open_fall["drop"])
         return verdict("collapsed", next(f.message for f in falls if f.kind == "collapse"))
