@@ -363,8 +363,8 @@ def diagnose(
     # (95 % upper bound), less than half of the gain. Otherwise too few or too noisy logs cannot tell a slowing rise
     # from a flat end: train on.
     if improved and above_before + Z_ONE_SIDED_95 * above_before_se >= LEVELLED_SHARE * gain:
-        return verdict("still improving", f"{since_start}, and it may still be improving: {last_half}; not enough "
-                                          "evidence yet that it has levelled off")
+        return verdict("still improving", f"{since_start}; not enough evidence yet that it has levelled off "
+                                          f"({last_half}): it may still be improving")
     if improved:
         earlier = float(levels.means[best_before])
         if abs(recent) <= z_moved * recent_se:
