@@ -10,6 +10,8 @@ import gc
 import json
 import math
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from ..argparsing import UsageError
@@ -102,6 +104,83 @@ def _number(value) -> float | None:
     return None
 
 
+# --- JSON: msgspec when installed (a default dependency), Python's json otherwise; the same objects either way ----------
+
+_NAN, _INF = float("nan"), float("inf")
+# Python's json reads the bare NaN / Infinity / -Infinity that transformers (and the live log) write; msgspec does
+# not. They are handed to msgspec as strings no valid JSON text can hold here (checked: no escaped NUL in the text),
+# and turned back into the floats afterwards. One inside a string breaks the text, so that file takes Python's json.
+_LITERALS = ((b"-Infinity", b'"\\u0000m"'), (b"Infinity", b'"\\u0000p"'), (b"NaN", b'"\\u0000n"'))
+_RESTORED = {"\x00m": -_INF, "\x00p": _INF, "\x00n": _NAN}
+_DECODER: list = []  # [msgspec.json.Decoder or None], made on first use
+
+
+def _fast_decoder():
+    """A `msgspec.json.Decoder`, or None without msgspec (the stdlib path)."""
+    if not _DECODER:
+        try:
+            import msgspec
+        except ImportError:
+            _DECODER.append(None)
+        else:
+            _DECODER.append(msgspec.json.Decoder())
+    return _DECODER[0]
+
+
+def json_loads(raw: bytes):
+    """`json.loads(raw)`: the same objects (NaN and infinities, integers of any size included) and the same errors,
+    read by msgspec when it is installed (several times faster on a trainer_state.json), else by Python's json. Any
+    text msgspec refuses (invalid UTF-8, a lone surrogate, 1e400, a NaN inside a string ...) is read again by
+    Python's json, which decides."""
+    decoder = _fast_decoder()
+    if decoder is not None:
+        text, replaced = raw, 0
+        literals = b"NaN" in raw or b"Infinity" in raw
+        if not literals or b"\\u0000" not in raw:
+            for literal, stand_in in _LITERALS if literals else ():
+                replaced += text.count(literal)
+                text = text.replace(literal, stand_in)
+            try:
+                data = decoder.decode(text)
+            except Exception:  # msgspec.DecodeError, msgspec.ValidationError (a number out of range) ...
+                pass
+            else:
+                if not literals:
+                    return data
+                restored = [0]
+                data = _restore(data, restored)
+                if restored[0] == replaced:  # else a bare NaN stood where Python's json refuses it (a key)
+                    return data
+    return json.loads(raw)
+
+
+def _restore(value, restored: list):
+    """The floats NaN/inf back in place of their stand-ins (see `_LITERALS`), in place; counts them in
+    `restored[0]`."""
+    kind = type(value)
+    if kind is str:
+        if value in _RESTORED:
+            restored[0] += 1
+            return _RESTORED[value]
+        return value
+    if kind is list:
+        items = enumerate(value)
+    elif kind is dict:
+        items = value.items()
+    else:
+        return value
+    for key, item in items:
+        if type(item) is str:
+            if item in _RESTORED:
+                value[key] = _RESTORED[item]
+                restored[0] += 1
+        elif type(item) is dict or type(item) is list:
+            types = set(map(type, item.values() if type(item) is dict else item))
+            if str in types or dict in types or list in types:  # nothing else can hold a stand-in
+                _restore(item, restored)
+    return value
+
+
 def parse_state(data, source: Path, label: str) -> RunHistory:
     if not isinstance(data, dict):
         raise MonitorInputError(f"{source}: top level is a {type(data).__name__}, not a trainer_state object.")
@@ -109,10 +188,40 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
     if not isinstance(history, list):
         raise MonitorInputError(f"{source}: no 'log_history' list; is this a {TRAINER_STATE_NAME}?")
     run = RunHistory(label=label, source=source, state={k: v for k, v in data.items() if k != "log_history"})
-    # The hot loop of the monitor (histories of 100k+ entries): plain lists, type() checks, no calls per value.
     tables: dict[bool, dict[str, Series]] = {False: run.train, True: run.eval}
+    if history and set(map(type, history)) == {dict}:
+        signatures = map(tuple, history)  # the keys of each entry, in order
+    else:
+        signatures = (tuple(entry) if type(entry) is dict else None for entry in history)
+    # Consecutive entries with the same keys (a run logs the same metrics at every step) are read as columns: C-level
+    # transposes and type checks instead of a Python loop per value. Short stretches (an eval entry, the summary)
+    # take the loop per entry. Same series, same values, same order.
+    start = 0
+    for keys, group in groupby(signatures):
+        count = len(list(group))
+        end = start + count
+        if keys is None:
+            pass  # not objects: skipped
+        elif count < _COLUMNS_FROM or "train_runtime" in keys or "train_samples_per_second" in keys:
+            _parse_entries(history, start, end, tables, run.summary)
+        elif keys:
+            _parse_columns(history[start:end], keys, start, tables)
+        start = end
+    for table in tables.values():
+        for old, new in KEY_ALIASES.items():
+            if old in table and new not in table:
+                table[new] = table.pop(old)
+    return run
+
+
+_COLUMNS_FROM = 8  # entries in a row with the same keys read as columns
+
+
+def _parse_entries(history: list, start: int, end: int, tables: dict, summary: dict):
+    """Entries `history[start:end]` one by one (the reference reading; `_parse_columns` gives the same result)."""
     skipped = _NOT_METRICS
-    for index, entry in enumerate(history):
+    for index in range(start, end):
+        entry = history[index]
         if type(entry) is not dict:
             continue
         step = entry.get("step")
@@ -125,7 +234,7 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
             for key, value in entry.items():
                 number = _number(value)
                 if number is not None and key not in skipped:
-                    run.summary[key] = number
+                    summary[key] = number
             continue
         is_eval = False
         for key in entry:
@@ -144,11 +253,63 @@ def parse_state(data, source: Path, label: str) -> RunHistory:
                 series.steps.append(step)
                 series.values.append(value)
                 series.epochs.append(epoch)
-    for table in tables.values():
-        for old, new in KEY_ALIASES.items():
-            if old in table and new not in table:
-                table[new] = table.pop(old)
-    return run
+
+
+def _all_within(column, limit: float) -> bool:
+    """Every value an int or a float (no bool, no None) with |value| < `limit` (so none NaN or infinite)."""
+    types = set(map(type, column))
+    if not types <= {int, float}:
+        return False
+    try:
+        if float in types and not math.isfinite(sum(column)):  # NaN or an infinity (or an overflowing sum)
+            return False
+        return max(map(abs, column)) < limit
+    except OverflowError:  # an integer beyond any float, beside floats
+        return False
+
+
+def _parse_columns(entries: list, keys: tuple, start: int, tables: dict):
+    """Entries that all have `keys` (in that order), the first at index `start` of the history, read column by
+    column; exactly what `_parse_entries` makes of them."""
+    columns = list(zip(*map(itemgetter(*keys), entries))) if len(keys) > 1 else [[e[keys[0]] for e in entries]]
+    by_key = dict(zip(keys, columns))
+    count = len(entries)
+    steps = by_key.get("step")
+    if steps is None:
+        steps = range(start, start + count)
+    elif not _all_within(steps, _LARGEST_STEP):
+        steps = [s if (type(s) is int or type(s) is float) and -_LARGEST_STEP < s < _LARGEST_STEP else start + i
+                 for i, s in enumerate(steps)]
+    epochs = by_key.get("epoch")
+    if epochs is None:
+        epochs = (None,) * count
+    elif not _all_within(epochs, _LARGEST_STEP):
+        epochs = [e if (type(e) is int or type(e) is float) and -_LARGEST_STEP < e < _LARGEST_STEP else None
+                  for e in epochs]
+    table = tables[any(key[:5] in ("eval_", "eval/") for key in keys)]
+    found = []  # (first entry holding a number, position, key, steps, values, epochs)
+    for position, (key, values) in enumerate(zip(keys, columns)):
+        if key in _NOT_METRICS:
+            continue
+        types = set(map(type, values))
+        if types == {float} or (types == {int} and max(map(abs, values)) < _LARGEST_FLOAT):
+            found.append((0, position, key, steps, values, epochs))
+            continue
+        rows = [i for i, v in enumerate(values) if type(v) is float or type(v) is int]
+        if not rows:
+            continue
+        kept = [values[i] for i in rows]
+        kept = [v if type(v) is float or -_LARGEST_FLOAT < v < _LARGEST_FLOAT else (math.inf if v > 0 else -math.inf)
+                for v in kept]
+        found.append((rows[0], position, key, [steps[i] for i in rows], kept, [epochs[i] for i in rows]))
+    found.sort(key=itemgetter(0, 1))  # series created in the order entry by entry reading meets them
+    for _, _, key, key_steps, values, key_epochs in found:
+        series = table.get(key)
+        if series is None:
+            series = table[key] = Series()
+        series.steps.extend(key_steps)
+        series.values.extend(values)
+        series.epochs.extend(key_epochs)
 
 
 def read_state_file(path: Path, label: str) -> RunHistory:
@@ -163,7 +324,7 @@ def read_state_file(path: Path, label: str) -> RunHistory:
     if raw.startswith(b"version https://git-lfs"):
         raise MonitorInputError(f"{path}: a Git LFS pointer, not the JSON itself; fetch it with `git lfs pull`.")
     try:
-        data = json.loads(raw)  # Python's json accepts the bare NaN/Infinity that transformers writes
+        data = json_loads(raw)  # as Python's json: it accepts the bare NaN/Infinity that transformers writes
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         where = f" (line {error.lineno} column {error.colno}: {error.msg})" if hasattr(error, "lineno") else ""
         raise MonitorInputError(f"{path}: not valid JSON{where}; truncated or still being written?") from None
@@ -188,7 +349,7 @@ def read_live_log(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
     if not body:
         return [], offset + end
     try:  # one parse for the whole file (several times faster than a json.loads per line)
-        entries = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        entries = json_loads(b"[" + body.replace(b"\n", b",") + b"]")
         if all(type(entry) is dict for entry in entries):
             return entries, offset + end
     except (ValueError, RecursionError):
@@ -196,7 +357,7 @@ def read_live_log(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
     entries = []  # a torn or foreign line somewhere: line by line, skipping what is not an object
     for line in raw[:end].splitlines():
         try:
-            entry = json.loads(line)
+            entry = json_loads(line)
         except (ValueError, RecursionError):
             continue
         if type(entry) is dict:
