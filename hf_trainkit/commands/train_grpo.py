@@ -29,6 +29,13 @@ def _min_delta(text: str) -> tuple[float, bool]:
     return (value / 100, True) if relative else (value, False)
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _rounds(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -151,6 +158,21 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           "--set gradient_checkpointing=true --set optim=adamw_torch_fused --set adam_beta2=0.99; repeatable")
     flag(train, "logging-steps", type=positive_int, default=1, metavar="N", help="log every N steps")
     flag(train, "log-completions", action="store_true", help="print a sample of completions at each log")
+
+    vllm = parser.add_argument_group("generation with vLLM (TRL's use_vllm)")
+    flag(vllm, "use-vllm", nargs="?", choices=("colocate", "server"), const="colocate", default=None, metavar="MODE",
+          help="generate the completions with vLLM: 'colocate' (an engine inside each training process; the "
+          "default without a value) or 'server' (a `trl vllm-serve` server, on other GPUs) (default: off, "
+          "transformers' generate)")
+    flag(vllm, "vllm-server-url", default=None, metavar="URL",
+          help="--use-vllm server: the server's base URL (default: TRL's, http://0.0.0.0:8000)")
+    flag(vllm, "vllm-server-timeout", type=positive_float, default=None, metavar="SECONDS",
+          help="--use-vllm server: how long to wait for the server to answer before giving up (default: TRL's, "
+          "240)")
+    flag(vllm, "vllm-gpu-memory-utilization", type=float, default=None, metavar="F",
+          help="--use-vllm colocate: fraction of each GPU's memory vLLM may take, in (0, 1] (default: TRL's, 0.3)")
+    flag(vllm, "vllm-max-model-length", type=positive_int, default=None, metavar="N",
+          help="--use-vllm colocate: vLLM's context window, prompt + completion tokens (default: the model's)")
 
     lora = parser.add_argument_group("LoRA (peft)")
     flag(lora, "lora", action="store_true", help="train a LoRA adapter instead of all weights")

@@ -107,6 +107,7 @@ def resolve_defaults(options: argparse.Namespace) -> argparse.Namespace:
                  if value]
         if clash:
             raise UsageError(f"--no-save-checkpoints writes no checkpoint: drop {', '.join(clash)}.")
+    check_vllm_options(options)
     global_batch = options.per_device_train_batch_size * options.gradient_accumulation_steps
     if global_batch % options.num_generations:
         raise UsageError(
@@ -114,6 +115,96 @@ def resolve_defaults(options: argparse.Namespace) -> argparse.Namespace:
             f"{options.gradient_accumulation_steps} must be a multiple of --num-generations {options.num_generations}."
         )
     return options
+
+
+# The vLLM flags, their GRPOConfig fields, and the --use-vllm mode each applies to (TRL reads the colocate ones only
+# when it starts the engine itself; a server takes its own from `trl vllm-serve`).
+VLLM_FLAGS = {
+    "vllm_server_url": ("vllm_server_base_url", "server"),
+    "vllm_server_timeout": ("vllm_server_timeout", "server"),
+    "vllm_gpu_memory_utilization": ("vllm_gpu_memory_utilization", "colocate"),
+    "vllm_max_model_length": ("vllm_max_model_length", "colocate"),
+}
+_SERVER_SIDE_FLAG = {"vllm_gpu_memory_utilization": "--gpu-memory-utilization",
+                     "vllm_max_model_length": "--max-model-len"}
+DEFAULT_VLLM_SERVER_URL = "http://0.0.0.0:8000"  # TRL's vllm_server_host:vllm_server_port defaults
+DEFAULT_VLLM_SERVER_TIMEOUT = 240.0  # TRL's vllm_server_timeout
+
+
+def check_vllm_options(options: argparse.Namespace) -> None:
+    """--use-vllm and its flags: each flag with the mode it applies to, vLLM importable, and a server that answers
+    (within --vllm-server-timeout) before any model is loaded."""
+    mode = getattr(options, "use_vllm", None)
+    for name, (_, applies_to) in VLLM_FLAGS.items():
+        value = getattr(options, name, None)
+        if value is None or mode == applies_to:
+            continue
+        flag_name = "--" + name.replace("_", "-")
+        if mode is None:
+            raise UsageError(f"{flag_name} applies to --use-vllm {applies_to}: pass --use-vllm {applies_to} too, "
+                             "or drop it.")
+        if applies_to == "colocate":
+            raise UsageError(f"{flag_name} applies to --use-vllm colocate: a server sets its own (`trl vllm-serve "
+                             f"{_SERVER_SIDE_FLAG[name]} ...`); drop it.")
+        raise UsageError(f"{flag_name} applies to --use-vllm server: drop it, or use --use-vllm server.")
+    if mode is None:
+        return
+    utilization = getattr(options, "vllm_gpu_memory_utilization", None)
+    if utilization is not None and not 0 < utilization <= 1:
+        raise UsageError(f"--vllm-gpu-memory-utilization {utilization}: use a fraction in (0, 1], e.g. 0.3.")
+    if not vllm_installed():
+        raise UsageError(f"--use-vllm {mode}: vLLM is not installed in this environment (GPU machines: pip install "
+                         "'hf_trainkit[vllm]'; vLLM's CPU build, for the tests: scripts/make_vllm_venv.sh).")
+    if mode == "server":
+        url = (options.vllm_server_url or DEFAULT_VLLM_SERVER_URL).rstrip("/")
+        timeout = options.vllm_server_timeout or DEFAULT_VLLM_SERVER_TIMEOUT
+        if not vllm_server_answers(url, timeout):
+            raise UsageError(f"--use-vllm server: no vLLM server answered at {url} within {timeout:g} s; start one "
+                             f"first (`trl vllm-serve --model MODEL --port PORT`, on GPUs the training does not use), "
+                             f"or pass its address with --vllm-server-url / more time with --vllm-server-timeout.")
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM can be imported and TRL sees it (TRL asks the package metadata for a distribution named vllm)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    from trl.import_utils import is_vllm_available
+
+    return bool(is_vllm_available())
+
+
+def vllm_server_answers(url: str, timeout: float) -> bool:
+    """Whether `url`/health/ (what TRL's client polls, as `trl vllm-serve` serves it) answers 200 within `timeout`."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(f"{url}/health/", timeout=max(0.1, min(5.0, left))) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if time.monotonic() + 1.0 > deadline:
+            return False
+        time.sleep(1.0)
+
+
+def vllm_settings(options: argparse.Namespace) -> dict:
+    """The GRPOConfig fields of the vLLM flags: use_vllm always (so `--set use_vllm=...` points at the flag)."""
+    mode = getattr(options, "use_vllm", None)
+    settings = {"use_vllm": mode is not None}
+    if mode is not None:
+        settings["vllm_mode"] = mode
+        for name, (field, _) in VLLM_FLAGS.items():
+            if getattr(options, name, None) is not None:
+                settings[field] = getattr(options, name)
+    return settings
 
 
 def describe_defaults(options: argparse.Namespace) -> str:
@@ -175,6 +266,7 @@ def build_config(options: argparse.Namespace):
         save_on_each_node=options.save_on_each_node,
         log_mode_summary=not options.quiet,
         **extra,
+        **vllm_settings(options),
     )
     for name in ("max_grad_norm", "warmup_steps", "lr_scheduler_type", "weight_decay"):
         if getattr(options, name) is not None:
