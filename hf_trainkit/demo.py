@@ -88,19 +88,15 @@ def fallen_pass_at_k(rows: list[dict], steps: int, key: str = "pass@16") -> str:
     fallen = [row for row in rows if row[key] < row[f"base_{key}"]]
     if not fallen:
         return ""
-    parts, narrowed = [], False
+    parts = []
     for row in fallen:
         text = f"{row['mode']} ({row[f'base_{key}']:.2f} -> {row[key]:.2f}"
         if isinstance(row.get("entropy"), float) and isinstance(row.get("base_entropy"), float):
             text += f"; held-out entropy {row['base_entropy']:.2f} -> {row['entropy']:.2f}"
-            narrowed = narrowed or row["entropy"] < row["base_entropy"]
         parts.append(text + ")")
-    note = (f"{key} fell for {', '.join(parts)}. One of the {HELDOUT_SIZE} held-out charts is {1 / HELDOUT_SIZE:.3f} "
+    return (f"{key} fell for {', '.join(parts)}. One of the {HELDOUT_SIZE} held-out charts is {1 / HELDOUT_SIZE:.3f} "
             f"of it, on one seed, after {steps} steps of a random tiny VLM: this part shows training on images "
             "running, not what each mode does to pass@k (benchmarks/paper_fidelity.py measures that).")
-    if narrowed:
-        note += " A lower entropy is fewer different answers among the 16 samples: the policy narrowed."
-    return note
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -400,6 +400,5 @@ def test_the_demo_says_what_the_benchmark_measures_and_when_a_pass_at_k_fell():
     assert demo.fallen_pass_at_k(rows, 40) == (
         "pass@16 fell for psr (0.58 -> 0.33; held-out entropy 1.90 -> 1.20). One of the 12 held-out charts is 0.083 "
         "of it, on one seed, after 40 steps of a random tiny VLM: this part shows training on images running, not "
-        "what each mode does to pass@k (benchmarks/paper_fidelity.py measures that). A lower entropy is fewer "
-        "different answers among the 16 samples: the policy narrowed.")
+        "what each mode does to pass@k (benchmarks/paper_fidelity.py measures that).")
     assert demo.fallen_pass_at_k(rows[1:], 40) == ""
