@@ -135,7 +135,8 @@ def json_loads(raw: bytes):
     decoder = _fast_decoder()
     if decoder is not None:
         text, replaced = raw, 0
-        literals = b"NaN" in raw or b"Infinity" in raw
+        # (a capital N or I is rare in a log: one memchr each rules the literals out, else a search)
+        literals = (raw.find(b"N") >= 0 and b"NaN" in raw) or (raw.find(b"I") >= 0 and b"Infinity" in raw)
         if not literals or b"\\u0000" not in raw:
             for literal, stand_in in _LITERALS if literals else ():
                 replaced += text.count(literal)
