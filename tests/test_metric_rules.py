@@ -56,3 +56,16 @@ def test_smoothed_metric_is_the_debiased_ema(values, weight):
     restored = SmoothedMetric(weight)
     restored.load_state_dict(smoother.state_dict())
     assert restored.update(1.0) == pytest.approx(smoother.update(1.0))
+
+
+def test_the_eval_counterpart_is_found_by_its_real_name():
+    from hf_trainkit.metric_rules import eval_counterpart
+
+    # PassAtKCallback logs eval/mean_reward and eval/pass@k; TRL logs eval_reward; the Trainer eval_loss.
+    assert eval_counterpart({"eval/pass@1", "eval/mean_reward", "eval/pass@8"}, "reward") == "eval/mean_reward"
+    assert eval_counterpart({"eval/pass@1", "eval/pass@8"}, "reward") == "eval/pass@1"
+    assert eval_counterpart({"eval_loss", "eval_reward", "eval_reward_std"}, "reward") == "eval_reward"
+    assert eval_counterpart({"eval_accuracy", "eval_loss"}, "rewards/digit_rule/mean") == "eval_accuracy"
+    assert eval_counterpart({"eval_loss", "eval_runtime"}, "loss") == "eval_loss"
+    assert eval_counterpart({"eval_runtime"}, "loss") is None
+    assert eval_counterpart({"eval_loss"}, "reward") is None  # a loss is no counterpart of a reward
