@@ -84,12 +84,24 @@ def record(trainer) -> list[dict]:
             trainer._metrics[mode].clear()
             trainer._metrics[mode].update(metrics)
         forward_rows.clear()
+        trl_rows.clear()
         loss = compute_loss(model, inputs)
         steps[-1].update(loss=loss.item(), reference_loss=expected, forward_rows=list(forward_rows),
-                         is_ratio_rows=None if inputs.get("importance_sampling_ratio") is None
-                         else int(inputs["importance_sampling_ratio"].shape[0]))
+                         is_ratio_rows=list(trl_rows))
         return loss
 
+    trl_rows: list[int | None] = []  # rows of TRL's importance-sampling ratios in the batch that reaches TRL's loss
+    if not getattr(GRPOTrainer._compute_loss, "_recorded", False):
+        trl_compute_loss = GRPOTrainer._compute_loss
+
+        def recording_trl_loss(self, model, inputs):
+            ratio = inputs.get("importance_sampling_ratio")
+            getattr(self, "_trl_rows", []).append(None if ratio is None else int(ratio.shape[0]))
+            return trl_compute_loss(self, model, inputs)
+
+        recording_trl_loss._recorded = True
+        GRPOTrainer._compute_loss = recording_trl_loss
+    trainer._trl_rows = trl_rows
     trainer._generate_and_score_completions = recorded_generate
     trainer._compute_loss = recorded_loss
     return steps
