@@ -153,6 +153,7 @@ def measure_flat(options) -> dict:
             for kind in runs:
                 runs[kind].append(measure(kind, options, "text", reward, weights[kind]))
         difference = max((a - b).abs().max().item() for a, b in zip(weights["trl"], weights["grpo"]))
+        print(f"# {share:.0%} flat groups measured", file=sys.stderr, flush=True)
         best = {kind: (min(r[0] for r in values), min(r[1] for r in values)) for kind, values in runs.items()}
         results[share] = (*best["trl"], *best["grpo"], difference)
     return results
@@ -238,6 +239,10 @@ def measure_dynamic(options) -> dict:
         for (mode, dynamic), per_seed in runs.items():
             per_seed.append(train_headroom(mode, dynamic, seed, base, options))
         print(f"# seed {seed} done", file=sys.stderr, flush=True)
+        if options.dynamic_partial:  # the table so far, for a run that may be cut short
+            done = argparse.Namespace(**{**vars(options), "dynamic_seeds": options.dynamic_seeds[:len(per_seed)]})
+            with contextlib.redirect_stdout(sys.stderr):
+                print_dynamic_table(runs, done)
     return runs
 
 
@@ -302,6 +307,8 @@ def main(argv=None) -> int:
                         help="dynamic_sampling_max_rounds of table 4 (default: %(default)s)")
     parser.add_argument("--dynamic-eval-every", type=int, default=5,
                         help="steps between the measurements of table 4 (default: %(default)s)")
+    parser.add_argument("--dynamic-partial", action="store_true",
+                        help="print table 4 to stderr after every seed too")
     parser.add_argument("--flat-shares", nargs="+", type=float, default=[0.25, 0.5, 0.75],
                         help="shares of zero-variance groups for table 3, multiples of 0.25 (default: %(default)s)")
     options = parser.parse_args(argv)
