@@ -181,3 +181,31 @@ def test_script_flags(tmp_path, argv, drop, dynamic, rounds):
     config = build_config(resolve_defaults(parse_options([*argv, "--output-dir", str(tmp_path)])))
     assert (config.drop_zero_variance_groups, config.dynamic_sampling, config.dynamic_sampling_max_rounds) == (
         drop, dynamic, rounds)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_zero_weight_padding_rows_keep_trls_loss(make_trainer, loss_type):
+    """As on a ZeRO-3 rank that keeps fewer rows than another: zero-weight padding rows even out the row counts, and
+    the loss and gradient are still TRL's on the whole batch, flat groups included."""
+    from .test_filtered_grpo_trainer import generation_inputs, gradients
+
+    trainer = make_trainer("grpo", loss_type=loss_type, reward_funcs=[HalfFlatReward()],
+                           per_device_train_batch_size=32, log_mode_summary=False)
+    trainer._rows_per_rank = lambda kept, device: kept + 3
+    model = trainer.model
+    model.train()
+    batch = trainer._generate_and_score_completions(generation_inputs(trainer, num_prompts=4))
+    assert 0 < int(batch["keep"].sum()) < 32
+    counter = TrainingForwardCounter(model)
+    model.zero_grad()
+    loss = trainer._compute_loss(model, batch)
+    loss.backward()
+    ours = gradients(model)
+    counter.handle.remove()
+    assert counter.rows == int(batch["keep"].sum()) + 3
+    model.zero_grad()
+    reference = GRPOTrainer._compute_loss(trainer, model, {k: v for k, v in batch.items() if k not in ("keep", "counted")})
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
+    for mine, ref in zip(ours, gradients(model)):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-7)
