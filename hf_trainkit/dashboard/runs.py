@@ -4,18 +4,18 @@ without one), the live-control status, checkpoints, diagnostics. Reads only; act
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from pathlib import Path
 
 from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, LIVE_LOG_FILE, LOG_FILE, TRAINING_COMPLETE
-from ..monitor.load import read_live_log
+from ..monitor.load import json_loads, read_live_log
 from . import data
 
 
 CHECKPOINTS_EVERY_SECONDS = 2.0
+LOAD_CHUNK_BYTES = 8 << 20  # the first reading of a long log, in parts: the lock (and the GIL) are let go between
 DIAGNOSIS_EVERY_SECONDS = 5.0
 # The warnings the training printed (logs/train.log: diagnostics, early stopping, starvation of a filtered mode,
 # control requests, resume set-asides), as the console showed them.
@@ -40,6 +40,32 @@ class RunData:
         self._diagnosis: tuple[float, int, dict] | None = None
         self._findings: list[str] = []
         self._findings_offset = 0
+        self.loaded = threading.Event()  # set once the history has been read a first time (see `load`)
+        self._loaded_bytes, self._size = 0, 0
+
+    # --- the first reading ---------------------------------------------------------------------------------------
+
+    def load(self, cancelled: threading.Event | None = None):
+        """Read the whole history a first time, in parts of `LOAD_CHUNK_BYTES` (the page says "loading" until
+        then), then mark the run loaded: from then on each `refresh` reads only what was appended."""
+        try:
+            while self.refresh(limit=LOAD_CHUNK_BYTES) and not (cancelled and cancelled.is_set()):
+                pass
+        finally:
+            self.loaded.set()
+
+    @property
+    def loaded_fraction(self) -> float:
+        """How much of the log the first reading has read (0 to 1)."""
+        return 1.0 if self.loaded.is_set() or not self._size else min(1.0, self._loaded_bytes / self._size)
+
+    def newest(self) -> float:
+        """When the run's log (or its newest trainer_state.json) was last written: the first reading goes newest
+        first."""
+        try:
+            return (self.path / LIVE_LOG_FILE).stat().st_mtime
+        except OSError:
+            return max((mtime / 1e9 for _, mtime, _ in _state_files(self.path)), default=0.0)
 
     # --- the log ---------------------------------------------------------------------------------------------------
 
@@ -53,25 +79,31 @@ class RunData:
         self.generation += 1
         self._line_cache = self._diagnosis = None
 
-    def refresh(self):
-        """Read what was appended since the last call (the whole history again if the file was replaced)."""
+    def refresh(self, limit: int | None = None) -> bool:
+        """Read what was appended since the last call (the whole history again if the file was replaced); with
+        `limit`, about that many bytes of it. Returns whether there is more to read."""
         with self.lock:
             live = self.path / LIVE_LOG_FILE
             try:
                 info = live.stat()
             except OSError:
-                return self._refresh_from_state()
+                self._refresh_from_state()
+                return False
             identity = (info.st_ino, info.st_dev)
             if identity != self._identity or info.st_size < self._offset:
                 self._reset()
                 self._identity = identity
+            self._size = info.st_size
             if info.st_size == self._offset:
-                return
+                return False
             try:
-                entries, self._offset = read_live_log(live, self._offset)
+                entries, offset = read_live_log(live, self._offset, limit)
             except OSError:
-                return
+                return False
+            more = offset != self._offset and offset < info.st_size
+            self._offset = self._loaded_bytes = offset
             data.append_entries(self.columns, entries)
+            return more
 
     def _refresh_from_state(self):
         # No live log (a run from before it, or from plain transformers): its newest trainer_state.json, read again
@@ -83,7 +115,7 @@ class RunData:
             return
         try:
             run = load_run(self.path, self.label)
-            history = json.loads(run.source.read_bytes()).get("log_history") or []
+            history = json_loads(run.source.read_bytes()).get("log_history") or []
         except (MonitorInputError, OSError, ValueError, RecursionError, AttributeError):
             return
         self._reset()

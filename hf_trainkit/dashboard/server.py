@@ -4,7 +4,9 @@ timeouts, body limits, JSON errors) with the dashboard's routes.
     GET  /                        the page (no data in it); GET /static/<file>: its script, style, uPlot
     GET  /api/runs                labels and folders
     GET  /api/data?c=G:N,G:N&points=P   per run: only the points after the client's cursor (or, for a new client,
-                                  every series thinned to P points), the state, the current-metrics line
+                                  every series thinned to P points), the state, the current-metrics line; a run
+                                  still being read a first time: `"loading": true`, its `loaded_fraction`, no
+                                  series (its cursor null: the next poll is a new client's)
     GET  /api/details?run=I       checkpoints, diagnosis, the live callbacks' findings, report link
     GET  /api/requests?run=I&id=X what became of a save/stop request
     GET  /api/report?run=I&token=T  the run's report.html (written by `hf-trainkit monitor`)
@@ -16,7 +18,10 @@ taken only by GET /api/report, the one link that needs it, never by another rout
 an absolute-form request target) must name this server (no DNS rebinding) and an Origin, when sent, must be this
 server's (no cross-site request); actions are POST only, refused on a run that is not running or on a read-only
 page, and answered 409 with why when the training would not carry them out (after a Stop, a save already queued).
-Every number in a query is ASCII digits of bounded length, else a JSON 400. Errors are JSON `{"error": ...}`, never
+Every number in a query is ASCII digits of bounded length, else a JSON 400.
+
+The server answers as soon as it listens: the runs are read in a background thread, newest first, each run's long
+log in parts; a request waits at most `LOADING_WAIT_SECONDS` for a run still being read, then says it is loading. Errors are JSON `{"error": ...}`, never
 a traceback. Slow, idle and flooding clients are dealt with by the control server (a header deadline per request,
 the oldest connection without the token shed first), so a token holder's poll is answered while they go on.
 """
@@ -27,6 +32,8 @@ import hmac
 import mimetypes
 import os
 import secrets
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -50,6 +57,7 @@ SECURITY_HEADERS = {
                                "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
 }
 MAX_POINTS = 5000
+LOADING_WAIT_SECONDS = 1.0  # a request waits this long (in all) for runs still being read, then says "loading"
 
 
 class _DashboardHandler(_Handler):
@@ -190,9 +198,12 @@ class _DashboardHandler(_Handler):
                 raise ControlError(f"cursor {text[:30]!r} is not GENERATION:COUNT (ASCII digits, at most 12 each)")
             parsed.append((int(g), int(c)) if text else (None, None))
         out = []
+        deadline = time.monotonic() + LOADING_WAIT_SECONDS
         for index, run in enumerate(self.server.runs):
             generation, cursor = parsed[index] if index < len(parsed) else (None, None)
-            run.refresh()
+            loaded = _loaded(run, deadline)
+            if loaded:
+                run.refresh()
             state = run.state(self.server.read_only)
             if state["state"] != "running":
                 settle_queue(run.path)  # what the training left queued (it died, or ended first) is answered
@@ -200,8 +211,13 @@ class _DashboardHandler(_Handler):
                 refusal = why_not_accepted(run.path, "stop", None)  # a stop under way, a full queue: every tab
                 if refusal is not None:                           # shows the buttons off, and why
                     state = {**state, "can_act": False, "why_not": str(refusal)}
-            out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
-                        "line": run.line(state["max_steps"])})
+            if loaded:
+                out.append({"id": index, "label": run.label, **run.since(cursor, generation, points), "state": state,
+                            "line": run.line(state["max_steps"]), "loading": False})
+            else:  # still being read a first time: what the page needs to say so (and no series yet)
+                out.append({"id": index, "label": run.label, "generation": run.generation, "cursor": None,
+                            "reset": False, "series": {}, "state": state, "line": None, "loading": True,
+                            "loaded_fraction": round(run.loaded_fraction, 3)})
         self._reply(200, {"runs": out})
 
     def _window(self, query):
@@ -216,13 +232,16 @@ class _DashboardHandler(_Handler):
             raise ControlError(f"axis {axis[:10]!r} is not one of {', '.join(data.AXES)}")
         points = self._points(query)
         keys = [k for k in (query.get("keys") or [""])[0].split(",") if k][:50]
-        self._reply(200, {"id": self.server.runs.index(run), "series": run.window(keys, axis, low, high, points)})
+        loaded = _loaded(run, time.monotonic() + LOADING_WAIT_SECONDS)
+        self._reply(200, {"id": self.server.runs.index(run), "loading": not loaded,
+                          "series": run.window(keys, axis, low, high, points) if loaded else {}})
 
     def _details(self, query):
         run = self._run(query)
+        loaded = _loaded(run, time.monotonic() + LOADING_WAIT_SECONDS)
         self._reply(200, {"id": self.server.runs.index(run), "checkpoints": run.checkpoints(),
-                          "diagnosis": run.diagnosis(), "findings": run.findings()[-50:],
-                          "report": run.report() is not None})
+                          "diagnosis": run.diagnosis() if loaded else None, "findings": run.findings()[-50:],
+                          "report": run.report() is not None, "loading": not loaded})
 
     def _report(self, query):
         report = self._run(query).report()
@@ -269,6 +288,11 @@ class _DashboardHandler(_Handler):
         self._act(query, "stop", None)
 
 
+def _loaded(run: RunData, deadline: float) -> bool:
+    """Whether `run` has been read a first time, waiting for it until `deadline` (`time.monotonic()`)."""
+    return run.loaded.wait(max(0.0, deadline - time.monotonic()))
+
+
 class DashboardServer(ControlServer):
     """One page for one run or several (`runs`: (path, label) pairs), on `host:port` (0 picks a free port).
 
@@ -301,8 +325,35 @@ class DashboardServer(ControlServer):
             write_token(self.token_file.parent, name=self.token_file.name, token=token)
         except OSError:
             self.token_file = "(not written: the run folder is read-only)"
-        for run in runs:  # the first page is served from memory
-            run.refresh()
+        # The runs are read after `start()`, in the background (the page answers at once, and says "loading").
+        self._cancel_loading = threading.Event()
+        self._loader = threading.Thread(target=self._load_runs, name="hf-trainkit-dashboard-load", daemon=True)
+
+    def _load_runs(self):
+        for run in sorted(self.runs, key=RunData.newest, reverse=True):  # newest first (sorted is stable)
+            if self._cancel_loading.is_set():
+                break
+            try:
+                run.load(self._cancel_loading)
+            except Exception:  # an unreadable run must not keep the others from loading; each poll retries it
+                import traceback
+
+                traceback.print_exc()
+
+    def start(self) -> "DashboardServer":
+        super().start()
+        self._loader.start()
+        return self
+
+    def stop(self):
+        self._cancel_loading.set()
+        super().stop()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Wait until every run has been read a first time (or `timeout` seconds); whether they all have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return all(run.loaded.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                   for run in self.runs)
 
     @property
     def base_url(self) -> str:

@@ -336,15 +336,18 @@ def read_state_file(path: Path, label: str) -> RunHistory:
     return parse_state(data, path, label)
 
 
-def read_live_log(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+def read_live_log(path: str | Path, offset: int = 0, limit: int | None = None) -> tuple[list[dict], int]:
     """The entries of a live log from byte `offset` on, and the offset after the last complete line.
 
     A line still being written (no newline yet) is left for the next read; a line that is not a JSON object (a
-    torn write after a crash) is skipped. Entries keep their `"_time"`.
+    torn write after a crash) is skipped. Entries keep their `"_time"`. With `limit`, about `limit` bytes are read
+    (to the end of the line they end in): a long log read in parts.
     """
     with open(path, "rb") as handle:
         handle.seek(offset)
-        raw = handle.read()
+        raw = handle.read() if limit is None else handle.read(limit)
+        if limit is not None and len(raw) == limit and not raw.endswith(b"\n"):
+            raw += handle.readline()
     end = raw.rfind(b"\n") + 1
     body = raw[:end].strip()
     if not body:

@@ -21,7 +21,7 @@
     history.replaceState(null, "", location.pathname);  // the token leaves the address bar (and the history)
   }
   let token = sessionStorage.getItem("hfTrainkitToken") || "";
-  const runs = [];  // {id, label, generation, cursor, series: key -> {x, e, t, y}, state, line, primary}
+  const runs = [];  // {id, label, generation, cursor, series: key -> {x, e, t, y}, state, line, primary, loading}
   const charts = {};  // group id -> {plot, signature, zoomed}
   let connected = false, polling = null, lastDetails = 0, readOnly = false;
   const $ = id => document.getElementById(id);
@@ -55,6 +55,10 @@
 
   // --- data -----------------------------------------------------------------------------------------------------
   function merge(run, update) {
+    // A run the server is still reading a first time: its state now, its curves once read (the cursor stays null,
+    // so the poll after that is a new client's and gets every series).
+    run.loading = update.loading ? (update.loaded_fraction || 0) : null;
+    if (update.loading) { run.state = update.state; return; }
     if (update.reset) run.series = {};
     for (const [key, column] of Object.entries(update.series)) {
       const mine = run.series[key];
@@ -74,8 +78,8 @@
     const cursors = runs.map(r => r.cursor === null ? "" : r.generation + ":" + r.cursor).join(",");
     const points = Math.max(200, Math.min(4000, Math.round(window.innerWidth * (window.devicePixelRatio || 1))));
     api("/api/data?points=" + points + "&c=" + encodeURIComponent(cursors)).then(body => {
-      setConnected(true);
       body.runs.forEach(update => merge(runs[update.id], update));
+      setConnected(true);
       render();
       if (Date.now() - lastDetails > DETAILS_MS) { lastDetails = Date.now(); details(); }
       polling = setTimeout(poll, POLL_MS);
@@ -88,7 +92,9 @@
 
   function setConnected(ok, why) {
     connected = ok;
-    $("connection").textContent = ok ? "live · updated " + new Date().toLocaleTimeString()
+    const loading = runs.filter(r => r.loading !== null).length;
+    $("connection").textContent = ok ? "live · updated " + new Date().toLocaleTimeString() +
+      (loading ? " · reading " + loading + " of " + runs.length + " run(s)" : "")
       : "dashboard server not reachable (" + why + "): showing the last state";
     $("connection").className = ok ? "muted" : "error";
     if (!ok) updateActions();
@@ -253,9 +259,11 @@
       div.querySelector(".label").textContent = run.label;
       div.querySelector(".label").style.color = COLORS[i % COLORS.length];
       const state = run.state ? run.state.state : "?";
-      div.querySelector(".state").textContent = state;
-      div.querySelector(".state").className = "state " + state;
-      div.querySelector(".line").textContent = run.line ? run.line.text : "";
+      const loading = run.loading !== null;
+      div.querySelector(".state").textContent = loading ? "loading" : state;
+      div.querySelector(".state").className = "state " + (loading ? "loading" : state);
+      div.querySelector(".line").textContent = loading ? "reading its log: " + (100 * run.loading).toFixed(0) + " %"
+        : run.line ? run.line.text : "";
       const p = (run.line && run.line.progress) || {};
       const fraction = p.fraction !== undefined && p.fraction !== null ? p.fraction
         : (run.line && run.line.max_steps ? run.line.step / run.line.max_steps : null);
@@ -287,7 +295,8 @@
         rows.appendChild(tr);
       });
       const d = body.diagnosis;
-      $("diagnosis").textContent = d ? d.verdict.toUpperCase() + " (" + d.metric + ") - " + d.reason + ". " + d.advice : "no data yet";
+      $("diagnosis").textContent = d ? d.verdict.toUpperCase() + " (" + d.metric + ") - " + d.reason + ". " + d.advice
+        : body.loading ? "reading the run's log: the diagnosis follows" : "no data yet";
       const list = $("findings");
       list.textContent = "";
       const mark = d && d.mode === "max" ? "higher" : "lower";
@@ -381,7 +390,8 @@
       runs.length = 0;
       $("action-run").textContent = "";
       body.runs.forEach(r => {
-        runs.push({id: r.id, label: r.label, generation: null, cursor: null, series: {}, state: null, line: null});
+        runs.push({id: r.id, label: r.label, generation: null, cursor: null, series: {}, state: null, line: null,
+                   loading: 0});
         const option = document.createElement("option"); option.value = r.id; option.textContent = r.label;
         $("action-run").appendChild(option);
       });
@@ -389,6 +399,7 @@
       document.title = body.runs.map(r => r.label).join(", ") + " · hf-trainkit";
       $("main").hidden = false;
       setConnected(true);
+      renderRuns();  // every run's label at once, "loading" until its first data comes
       poll();
     }).catch(error => { if (error.message !== "unauthorized") setConnected(false, error.message); });
   }
