@@ -57,7 +57,9 @@ class RunData:
     @property
     def loaded_fraction(self) -> float:
         """How much of the log the first reading has read (0 to 1)."""
-        return 1.0 if self.loaded.is_set() or not self._size else min(1.0, self._loaded_bytes / self._size)
+        if self.loaded.is_set():
+            return 1.0
+        return min(1.0, self._loaded_bytes / self._size) if self._size else 0.0
 
     def newest(self) -> float:
         """When the run's log (or its newest trainer_state.json) was last written: the first reading goes newest
