@@ -3,9 +3,11 @@
 
 For R runs of N log entries each (TRL-GRPO-like entries, 12 keys, as benchmarks/monitor_scale.py), written as the
 live log (`logs/log_history.jsonl`) and as a `trainer_state.json` of the same entries, prints:
-- start: the server reads every run (what happens before it prints its URL) vs `json.load` of the same files;
-- first response: `GET /api/data` of a new page (every series thinned to the screen's width), its time and size
-  (target: under 2 s for 8 runs x 100k);
+- start: until the server listens (when it prints its URL; target: under 1 s), and the page's first poll then
+  (answered within about a second, the runs still being read said "loading");
+- read: until every run has been read in the background (from the start) vs `json.load` of the same files;
+- first response: `GET /api/data` of a new page once the runs are read (every series thinned to the screen's
+  width), its time and size (target: under 2 s for 8 runs x 100k);
 - update: one new log per run, then `GET /api/data` with the page's cursors: time and size (only what is new);
 - idle update: nothing new;
 - details of one run (checkpoints, the diagnosis over the whole curve).
@@ -89,7 +91,12 @@ def main(argv=None) -> int:
         server = DashboardServer([(str(r), r.name) for r in runs], port=0).start()
         start = time.perf_counter() - started
         try:
+            early, _, body = get(server, f"/api/data?points={args.points}")
+            early_loading = sum(r["loading"] for r in body["runs"])
+            server.wait_loaded()
+            read = time.perf_counter() - started
             first, first_size, body = get(server, f"/api/data?points={args.points}")
+            assert not any(r["loading"] for r in body["runs"])
             cursors = ",".join(f"{r['generation']}:{r['cursor']}" for r in body["runs"])
             points = sum(len(s["y"]) for r in body["runs"] for s in r["series"].values())
             rng = random.Random(0)
@@ -107,14 +114,18 @@ def main(argv=None) -> int:
 
     print(f"\n{'':<44}{'seconds':>9}{'bytes':>12}")
     print(f"{'json.load of the trainer_state.json files':<44}{baseline:>9.2f}{'':>12}")
-    print(f"{'start: the server reads every live log':<44}{start:>9.2f}{'':>12}   ({start / baseline:.2f}x json.load)")
-    print(f"{'first response (new page, thinned)':<44}{first:>9.3f}{first_size:>12,}   ({points:,} points)")
+    print(f"{'start: the server listens (URL printed)':<44}{start:>9.3f}{'':>12}")
+    print(f"{'first poll then':<44}{early:>9.3f}{'':>12}   ({early_loading} of {args.runs} runs still loading)")
+    print(f"{'read: every live log read, from the start':<44}{read:>9.2f}{'':>12}   ({read / baseline:.2f}x json.load)")
+    print(f"{'first response once read (new page, thinned)':<44}{first:>9.3f}{first_size:>12,}   "
+          f"({points:,} points)")
     print(f"{'update (one new log per run)':<44}{update:>9.4f}{update_size:>12,}")
     print(f"{'idle update (nothing new)':<44}{idle:>9.4f}{idle_size:>12,}")
     print(f"{'details of one run (diagnosis, checkpoints)':<44}{details:>9.3f}{details_size:>12,}")
     print(f"{'details again (cached)':<44}{details_again:>9.4f}")
-    target = "met" if first < 2.0 else "NOT met"
-    print(f"\nfirst response under 2 s: {target}; the update sends {update_size / first_size:.2%} of the first response")
+    print(f"\nURL under 1 s: {'met' if start < 1.0 else 'NOT met'}; first response under 2 s after the last run is "
+          f"read: {'met' if first < 2.0 else 'NOT met'}; the update sends {update_size / first_size:.2%} of the first "
+          "response")
     return 0
 
 
