@@ -134,13 +134,9 @@ def json_loads(raw: bytes):
     Python's json, which decides."""
     decoder = _fast_decoder()
     if decoder is not None:
-        text, replaced = raw, 0
-        # (a capital N or I is rare in a log: one memchr each rules the literals out, else a search)
-        literals = (raw.find(b"N") >= 0 and b"NaN" in raw) or (raw.find(b"I") >= 0 and b"Infinity" in raw)
-        if not literals or b"\\u0000" not in raw:
-            for literal, stand_in in _LITERALS if literals else ():
-                replaced += text.count(literal)
-                text = text.replace(literal, stand_in)
+        text, replaced = _stand_ins(raw)
+        literals = replaced > 0
+        if text is not None:
             try:
                 data = decoder.decode(text)
             except Exception:  # msgspec.DecodeError, msgspec.ValidationError (a number out of range) ...
@@ -153,6 +149,20 @@ def json_loads(raw: bytes):
                 if restored[0] == replaced:  # else a bare NaN stood where Python's json refuses it (a key)
                     return data
     return json.loads(raw)
+
+
+def _stand_ins(raw: bytes) -> tuple[bytes | None, int]:
+    """`raw` with the stand-ins of `_LITERALS` for msgspec, and how many; (None, 0) where they could be mistaken."""
+    # (a capital N or I is rare in a log: one memchr each rules the literals out, else a search)
+    if not ((raw.find(b"N") >= 0 and b"NaN" in raw) or (raw.find(b"I") >= 0 and b"Infinity" in raw)):
+        return raw, 0
+    if b"\\u0000" in raw:
+        return None, 0
+    replaced = 0
+    for literal, stand_in in _LITERALS:
+        replaced += raw.count(literal)
+        raw = raw.replace(literal, stand_in)
+    return raw, replaced
 
 
 def _restore(value, restored: list):
@@ -437,16 +447,60 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
             f"no {TRAINER_STATE_NAME} in {path} or its checkpoint-* folders; pass an output dir, a checkpoint dir or "
             f"a {TRAINER_STATE_NAME} file."
         )
-    loaded, errors = [], []
-    for candidate in candidates:
-        try:
-            reader = read_live_log_history if candidate.name.endswith(".jsonl") else read_state_file
-            loaded.append(reader(candidate, label))
-        except MonitorInputError as error:  # a half-written checkpoint: use the others
-            errors.append(str(error))
-    if not loaded:
-        raise MonitorInputError(errors[0])
     # Furthest along wins (the live log while a run goes on, or after it died before saving); on a tie prefer a
     # trainer_state.json, the output dir's own first (written last, at the end of training).
-    return max(loaded, key=lambda history: (history.global_step, history.source.name == TRAINER_STATE_NAME,
-                                            history.source == path / TRAINER_STATE_NAME))
+    def rank(history: RunHistory):
+        return (history.global_step, history.source.name == TRAINER_STATE_NAME,
+                history.source == path / TRAINER_STATE_NAME)
+
+    # A trainer_state.json says its global_step: read that much of each first (msgspec skips the rest without
+    # building it), then read in full only the one that wins, instead of every checkpoint's whole history. What the
+    # glance cannot tell (no msgspec, no plain global_step, the live log) is read in full, as before.
+    loaded, errors, claimed = {}, {}, []
+    for index, candidate in enumerate(candidates):
+        step = None if candidate.name.endswith(".jsonl") else _claimed_global_step(candidate)
+        if step is not None:
+            claimed.append(((step, True, candidate == path / TRAINER_STATE_NAME), index))
+            continue
+        try:
+            reader = read_live_log_history if candidate.name.endswith(".jsonl") else read_state_file
+            loaded[index] = reader(candidate, label)
+        except MonitorInputError as error:  # a half-written checkpoint: use the others
+            errors[index] = str(error)
+    best = max((rank(history) for history in loaded.values()), default=None)
+    for key, index in sorted(claimed, key=itemgetter(0), reverse=True):  # stable: candidates' order among equals
+        if best is not None and key < best:
+            break  # neither this one nor any after it can win
+        try:
+            loaded[index] = read_state_file(candidates[index], label)
+            break
+        except MonitorInputError as error:
+            errors[index] = str(error)
+    if not loaded:
+        raise MonitorInputError(errors[min(errors)])
+    return max((loaded[index] for index in sorted(loaded)), key=rank)
+
+
+class _Head:
+    """The one field of a trainer_state.json that ranks it (a msgspec Struct, made on first use)."""
+
+    struct = None
+
+
+def _claimed_global_step(path: Path) -> int | None:
+    """The `global_step` a trainer_state.json holds, read by msgspec without building the rest, or None when that
+    takes a full reading to know (no msgspec, no such number, not JSON msgspec reads, an unreadable file)."""
+    if _fast_decoder() is None:
+        return None
+    import msgspec
+
+    if _Head.struct is None:
+        _Head.struct = msgspec.json.Decoder(msgspec.defstruct("Head", [("global_step", object, None)]))
+    try:
+        text, _ = _stand_ins(path.read_bytes())
+        step = None if text is None else _Head.struct.decode(text).global_step  # a NaN one is a stand-in string
+    except Exception:  # not an object, not JSON, unreadable: the full reading says why
+        return None
+    if (type(step) is int or type(step) is float) and abs(step) < _LARGEST_STEP:
+        return int(step)
+    return None

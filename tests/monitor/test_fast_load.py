@@ -243,3 +243,91 @@ def test_live_log_fast_path_equals_stdlib(tmp_path, monkeypatch):
     monkeypatch.setattr(load, "_fast_decoder", lambda: None)
     assert same(list(fast), list(load.read_live_log(path)))
     assert len(fast[0]) == 40
+
+
+# --- which of a run folder's files is read -----------------------------------------------------------------------
+
+def reference_load_dir(path: Path, label: str):
+    """`load_run` of an output dir as it was: every candidate read in full, the furthest along wins."""
+    candidates = [path / "trainer_state.json"] if (path / "trainer_state.json").is_file() else []
+    candidates += load._checkpoint_states(path)
+    if (path / load.LIVE_LOG_FILE).is_file():
+        candidates.append(path / load.LIVE_LOG_FILE)
+    loaded, errors = [], []
+    for candidate in candidates:
+        try:
+            reader = load.read_live_log_history if candidate.name.endswith(".jsonl") else load.read_state_file
+            loaded.append(reader(candidate, label))
+        except load.MonitorInputError as error:
+            errors.append(str(error))
+    if not loaded:
+        raise load.MonitorInputError(errors[0])
+    return max(loaded, key=lambda h: (h.global_step, h.source.name == "trainer_state.json",
+                                      h.source == path / "trainer_state.json"))
+
+
+def _state_text(rng: random.Random, steps: int) -> str:
+    history = [{"loss": rng.random(), "step": s} for s in range(1, steps + 1)]
+    kind = rng.choice(["plain", "plain", "plain", "nan step", "no step", "string step", "nan value", "truncated",
+                       "list", "no history", "float step", "big step"])
+    state = {"global_step": steps, "log_history": history}
+    if kind == "nan step":
+        state["global_step"] = math.nan
+    elif kind == "no step":
+        del state["global_step"]
+    elif kind == "string step":
+        state["global_step"] = str(steps)
+    elif kind == "nan value":
+        history[0]["loss"] = math.nan
+    elif kind == "list":
+        return json.dumps([state])
+    elif kind == "no history":
+        del state["log_history"]
+    elif kind == "float step":
+        state["global_step"] = steps + 0.5
+    elif kind == "big step":
+        state["global_step"] = 2 ** 60
+    text = json.dumps(state)
+    return text[:len(text) // 2] if kind == "truncated" else text
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_an_output_dir_gives_the_file_reading_every_file_gave(tmp_path, seed):
+    rng = random.Random(seed)
+    run = tmp_path / "run"
+    run.mkdir()
+    if rng.random() < 0.6:
+        (run / "trainer_state.json").write_text(_state_text(rng, rng.choice([3, 5, 8])))
+    for _ in range(rng.randint(0, 4)):
+        step = rng.choice([3, 5, 8, 13])
+        (run / f"checkpoint-{step}").mkdir(exist_ok=True)
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(_state_text(rng, rng.choice([step, 5])))
+    if rng.random() < 0.4:
+        (run / "logs").mkdir()
+        (run / load.LIVE_LOG_FILE).write_text("".join(json.dumps({"loss": 0.5, "step": s}) + "\n"
+                                                      for s in range(1, rng.choice([4, 5, 9, 14]))))
+    if not any(run.rglob("*.json*")):
+        (run / "trainer_state.json").write_text(_state_text(rng, 2))
+    try:
+        expected = reference_load_dir(run, "run")
+    except load.MonitorInputError as error:
+        with pytest.raises(load.MonitorInputError) as raised:
+            load_run(run, "run")
+        assert str(raised.value) == str(error)
+        return
+    ours = load_run(run, "run")
+    assert ours.source == expected.source
+    assert_same_run(ours, expected)
+
+
+def test_only_the_winning_checkpoint_is_read_in_full(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    for step in (100, 200, 300, 400):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        history = [{"loss": 1.0 / s, "step": s} for s in range(1, step + 1)]
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "log_history": history}))
+    read = []
+    full = load.read_state_file
+    monkeypatch.setattr(load, "read_state_file", lambda path, label: (read.append(path.parent.name), full(path, label))[1])
+    assert load_run(run).global_step == 400 and read == ["checkpoint-400"]
