@@ -58,6 +58,9 @@ class _AboveTheBar:
         self.stream, self.bar, self._pending = stream, bar, ""
 
     def write(self, text: str) -> int:
+        if getattr(self.bar, "disable", False):  # closed (tqdm sets it): training ended without on_train_end
+            self.flush()
+            return self.stream.write(text)
         self._pending += text
         if "\n" in self._pending:
             lines, _, self._pending = self._pending.rpartition("\n")
