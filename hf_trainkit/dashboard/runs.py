@@ -15,7 +15,7 @@ from . import data
 
 
 CHECKPOINTS_EVERY_SECONDS = 2.0
-LOAD_CHUNK_BYTES = 8 << 20  # the first reading of a long log, in parts: the lock (and the GIL) are let go between
+LOAD_CHUNK_BYTES = 2 << 20  # the first reading of a long log, in parts: the lock (and the GIL) are let go between
 DIAGNOSIS_EVERY_SECONDS = 5.0
 # The warnings the training printed (logs/train.log: diagnostics, early stopping, starvation of a filtered mode,
 # control requests, resume set-asides), as the console showed them.
@@ -50,7 +50,7 @@ class RunData:
         then), then mark the run loaded: from then on each `refresh` reads only what was appended."""
         try:
             while self.refresh(limit=LOAD_CHUNK_BYTES) and not (cancelled and cancelled.is_set()):
-                pass
+                time.sleep(0)  # the GIL to the server's threads: a poll is answered between two parts
         finally:
             self.loaded.set()
 
