@@ -176,7 +176,8 @@ def vllm_installed() -> bool:
 
 
 def vllm_server_answers(url: str, timeout: float) -> bool:
-    """Whether `url`/health/ (what TRL's client polls, as `trl vllm-serve` serves it) answers 200 within `timeout`."""
+    """Whether `url`/health (what TRL's client polls; vLLM's server, which `trl vllm-serve` runs, serves it) answers
+    200 within `timeout`."""
     import time
     import urllib.error
     import urllib.request
@@ -185,7 +186,7 @@ def vllm_server_answers(url: str, timeout: float) -> bool:
     while True:
         left = deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(f"{url}/health/", timeout=max(0.1, min(5.0, left))) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=max(0.1, min(5.0, left))) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError, ValueError):

@@ -86,7 +86,7 @@ def test_set_use_vllm_points_at_the_flag(capsys, tmp_path):
 
 
 def test_server_probe_waits_for_health(tmp_path):
-    """What the server check asks: `/health/` answering 200, as `trl vllm-serve` serves it."""
+    """What the server check asks: `/health` answering 200, as vLLM's server (`trl vllm-serve`) serves it."""
     import http.server
     import threading
 
@@ -94,7 +94,7 @@ def test_server_probe_waits_for_health(tmp_path):
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path == "/health/" else 404)
+            self.send_response(200 if self.path == "/health" else 404)
             self.end_headers()
 
         def log_message(self, *args):

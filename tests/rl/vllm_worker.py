@@ -2,6 +2,7 @@
 generation in every mode and writes what each step did to a JSON file, for the assertions in test_vllm.py.
 
     .venv-vllm/bin/python tests/rl/vllm_worker.py colocate OUT.json WORKDIR
+    .venv-vllm/bin/python tests/rl/vllm_worker.py server OUT.json WORKDIR URL      (a `trl vllm-serve` at URL)
     .venv-vllm/bin/python tests/rl/vllm_worker.py train -- <scripts/train_grpo.py flags>   (the script, stand-ins in)
 
 Only the weight transport is a stand-in (tests/rl/vllm_stand_ins.py); vLLM, TRL and the trainer are the real ones.
@@ -25,24 +26,34 @@ STEPS = 3
 LEARNING_RATE = 0.05  # high on purpose: the weights move far from the base in 3 steps, so a missed sync shows
 
 
-def build_model_dir(directory: str) -> str:
+def build_model_dir(directory: str, untied: bool = False) -> str:
     """The toy base model (warmed up, so rewards vary) at hidden 128: 4 heads of 32, a head size vLLM's CPU attention
-    kernels support (the built-in hidden-64 model has heads of 16, which they reject)."""
+    kernels support (the built-in hidden-64 model has heads of 16, which they reject). `untied`: the output layer a
+    weight of its own (for the server: its reload cannot re-pack a tied output layer, see `repack_tied_lm_head`)."""
     from hf_trainkit.toy import build_toy_base_model, build_toy_tokenizer
 
     if not os.path.isfile(os.path.join(directory, "config.json")):
         tokenizer = build_toy_tokenizer()
         model = build_toy_base_model(tokenizer, seed=0, hidden_size=128)
+        if untied:
+            import torch
+
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     return directory
 
 
-def config(output_dir: str, mode: str, **extra):
+def config(output_dir: str, mode: str, server_url: str | None = None, **extra):
     from hf_trainkit.rl import FilteredGRPOConfig
 
+    if server_url is None:
+        extra.update(vllm_mode="colocate", vllm_max_model_length=64)
+    else:
+        extra.update(vllm_mode="server", vllm_server_base_url=server_url, vllm_server_timeout=30)
     return FilteredGRPOConfig(
-        output_dir=output_dir, mode=mode, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=64,
+        output_dir=output_dir, mode=mode, use_vllm=True,
         per_device_train_batch_size=16, num_generations=8, max_completion_length=4, learning_rate=LEARNING_RATE,
         max_steps=STEPS, logging_steps=1, report_to=[], save_strategy="no", seed=0, **extra)
 
@@ -107,17 +118,23 @@ def record(trainer) -> list[dict]:
     return steps
 
 
-def colocate(out_path: str, workdir: str) -> None:
+def colocate(out_path: str, workdir: str, server_url: str | None = None) -> None:
+    """Every mode for 3 steps, then a control whose sync is disabled after step 0; `server_url`: against a running
+    `trl vllm-serve` (the server stand-in) instead of a colocated engine."""
     import time
 
-    from vllm_stand_ins import install_colocate_weight_reload, share_one_engine
+    from vllm_stand_ins import install_colocate_weight_reload, install_server_weight_transport, share_one_engine
 
     from hf_trainkit.rl import FilteredGRPOTrainer
     from hf_trainkit.toy import build_toy_dataset, digit_rule_reward
 
-    install_colocate_weight_reload()
-    share_one_engine()
-    model_dir = build_model_dir(os.path.join(workdir, "tiny-llama-128"))
+    if server_url is None:
+        install_colocate_weight_reload()
+        share_one_engine()
+        model_dir = build_model_dir(os.path.join(workdir, "tiny-llama-128"))
+    else:
+        install_server_weight_transport()
+        model_dir = build_model_dir(os.path.join(workdir, "tiny-llama-128-untied"), untied=True)
     dataset = build_toy_dataset(num_prompts=64, seed=0)
     results = {}
     runs = [(mode, True) for mode in MODES] + [("grpo", False)]  # the last: control, sync after step 0 disabled
@@ -125,7 +142,7 @@ def colocate(out_path: str, workdir: str) -> None:
         name = mode if sync else "control-no-sync"
         started = time.monotonic()
         trainer = FilteredGRPOTrainer(model=model_dir, reward_funcs=digit_rule_reward, train_dataset=dataset,
-                                      args=config(os.path.join(workdir, name), mode))
+                                      args=config(os.path.join(workdir, name), mode, server_url))
         init_s = time.monotonic() - started
         steps = record(trainer)
         generation = trainer.vllm_generation
@@ -145,7 +162,8 @@ def colocate(out_path: str, workdir: str) -> None:
         trainer.train()
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         results[name] = {"steps": steps, "logs": logs, "init_s": init_s, "train_s": time.monotonic() - started,
-                         "stand_in_syncs": getattr(generation, "stand_in_syncs", 0),
+                         "stand_in_syncs": getattr(generation if server_url is None else generation.vllm_client,
+                                                   "stand_in_syncs", 0),
                          "num_generations": trainer.num_generations, "threshold": trainer.args.reward_threshold,
                          "positive_weight": trainer.args.positive_weight,
                          "negative_weight": trainer.args.negative_weight}
@@ -179,8 +197,10 @@ def train(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "colocate":
         colocate(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "model":
-        build_model_dir(sys.argv[2])
+    elif sys.argv[1] == "server":  # server OUT.json WORKDIR URL
+        colocate(sys.argv[2], sys.argv[3], server_url=sys.argv[4])
+    elif sys.argv[1] == "model":  # model DIR [--untied]
+        build_model_dir(sys.argv[2], untied="--untied" in sys.argv[3:])
     elif sys.argv[1] == "train":
         raise SystemExit(train(sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:]))
     else:
