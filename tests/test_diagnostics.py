@@ -161,7 +161,7 @@ def test_a_collapse_says_how_far_it_fell_in_the_metrics_units_with_an_interval()
         # shoulder, at most what the rate moves over half a window (0.55 / 0.45 * 0.05 ~ 0.06) below the true 0.7,
         # and the best of ~20 windows is picked upwards by its noise (about one standard error).
         assert 0.5 - 0.07 - half_width <= fall.numbers["drop"] <= 0.5 + 1.5 * half_width
-        assert f"fell {fall.numbers['drop']:.2g} ± {half_width:.1g} from its best" in result.reason
+        assert f"fell {fall.numbers['drop']:.2g} ± {half_width:.2g} from its best" in result.reason
         assert 70 <= fall.numbers["best_step"] <= 100
 
 

@@ -113,11 +113,11 @@ def find_non_finite(steps: Sequence[float], values: Sequence[float], name: str =
                     f"{len(values)})", ADVICE["diverged"], {"count": int(len(bad))})]
 
 
-def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, mode: str = "min",
-                window: int = SPIKE_WINDOW, z_threshold: float = SPIKE_Z) -> list[Finding]:
-    """Points that jump the wrong way (up for ``mode="min"``, down for ``"max"``) by more than `z_threshold`
-    robust standard deviations of the trailing `window` points before them: from their median/MAD, or from their
-    successive differences when that is larger (batch means of 0/1 rewards, whose MAD is often 0).
+def spike_scores(x, window: int = SPIKE_WINDOW):
+    """(z, medians) for each value of the finite array `x` against the trailing `window` values before it: the
+    distance from their median in robust standard deviations (their MAD, or their successive differences when
+    that is larger: batch means of 0/1 rewards, whose MAD is often 0). z is 0 for the first values, which have too
+    short a history.
 
     The scale never falls below 1% of the curve's whole range, so a loss resting near 0 (MAD ~ 0) does not turn
     every wiggle into a spike; nor, for a curve of few distinct values (an RL reward averaging 0/1 rewards over a
@@ -126,16 +126,14 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
     """
     import numpy as np
 
-    all_steps, all_values, finite = _as_arrays(steps, values)
-    step_of, x = all_steps[finite], all_values[finite]
     minimum = max(5, window // 2)
+    z, medians = np.zeros(len(x)), np.zeros(len(x))
     if len(x) <= minimum:
-        return []
+        return z, medians
     floor = max(0.01 * float(x.max() - x.min()), 1e-12)
     distinct = np.unique(x)
     if 1 < len(distinct) <= max(2, len(x) // 4):  # quantised values: batch means of discrete rewards
         floor = max(floor, 2.0 * float(np.diff(distinct).min()))
-    medians = np.empty(len(x))
     mads = np.empty(len(x))
     spreads = np.zeros(len(x))
     # Points minimum..window-1 see a shorter history; the rest a full window (a strided view, no copy).
@@ -151,12 +149,28 @@ def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "va
         squares = np.sort(np.diff(windows, axis=1) ** 2, axis=1)  # as _difference_scale: the two largest left out
         squares = squares[:, : squares.shape[1] - 2] if squares.shape[1] >= 10 else squares
         spreads[window:] = np.sqrt(squares.mean(axis=1) / 2)
-    z = np.zeros(len(x))
     scale = np.maximum(np.maximum(mads[minimum:] * 1.4826, spreads[minimum:]), floor)
     z[minimum:] = (x[minimum:] - medians[minimum:]) / scale
+    return z, medians
+
+
+def spike_findings(steps, x, z, medians, name: str, mode: str, z_threshold: float = SPIKE_Z) -> list[Finding]:
+    """The `spike_scores` beyond `z_threshold` the wrong way (up for ``mode="min"``, down for ``"max"``)."""
+    import numpy as np
+
     sign = 1.0 if mode == "min" else -1.0
     return [
-        Finding("spike", float(step_of[i]), spike_message(name, float(step_of[i]), float(x[i]), float(medians[i]),
-                                                          float(z[i])), ADVICE["spike"], {"z": float(z[i])})
+        Finding("spike", float(steps[i]), spike_message(name, float(steps[i]), float(x[i]), float(medians[i]),
+                                                        float(z[i])), ADVICE["spike"], {"z": float(z[i])})
         for i in np.flatnonzero(sign * z > z_threshold)
     ]
+
+
+def find_spikes(steps: Sequence[float], values: Sequence[float], name: str = "value", *, mode: str = "min",
+                window: int = SPIKE_WINDOW, z_threshold: float = SPIKE_Z) -> list[Finding]:
+    """Points that jump the wrong way (up for ``mode="min"``, down for ``"max"``) by more than `z_threshold`
+    robust standard deviations of the trailing `window` points before them (`spike_scores`)."""
+    all_steps, all_values, finite = _as_arrays(steps, values)
+    step_of, x = all_steps[finite], all_values[finite]
+    z, medians = spike_scores(x, window)
+    return spike_findings(step_of, x, z, medians, name, mode, z_threshold)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .curves import Finding, _as_arrays, find_non_finite, find_spikes, is_finite
+from .curves import SPIKE_Z, Finding, _as_arrays, find_non_finite, is_finite, spike_findings, spike_scores
 from .noise import ALPHA, Z_REPORT, Levels, noise_sd, rolling_levels, slope_and_error, window_length, z_for
 from .words import ADVICE, VERDICTS, amount, change, number
 
@@ -199,15 +199,14 @@ def _isolated(x, spikes: list[Finding]) -> list[Finding]:
     return kept
 
 
-def _pending(x, y, name: str, mode: str) -> set:
-    """The last one or two logs when they are flagged both: a spike or the start of a new level, which only the
-    logs after them can tell. Left out of the levels until then, so one bad batch is not read as a collapse."""
-    flagged = {f.step for m in ("min", "max") for f in find_spikes(x[-60:].tolist(), y[-60:].tolist(), name, mode=m)}
-    last = [float(s) for s in x[-3:]]
+def _pending(x, flagged) -> set:
+    """The last one or two logs when they are spikes either way (`flagged`): a spike or the start of a new level,
+    which only the logs after them can tell. Left out of the levels until then, so one bad batch is not read as a
+    collapse; three or more in a row are the level moving."""
     run = 0
-    while run < len(last) and last[-1 - run] in flagged:
+    while run < min(3, len(flagged)) and flagged[len(flagged) - 1 - run]:
         run += 1
-    return set(last[len(last) - run:]) if 1 <= run <= 2 else set()  # 3 or more in a row: the level moved
+    return {float(s) for s in x[len(x) - run:]} if 1 <= run <= 2 else set()
 
 
 def _eval_noise(values) -> float:
@@ -298,10 +297,11 @@ def diagnose(
         return Diagnosis("too short", f"only {len(y)} finite {name} value{plural}: not enough evidence yet either way",
                          ADVICE["too short"], {"points": int(len(y))}, findings)
     logged = len(y)
-    spikes = _isolated(x, find_spikes(x.tolist(), y.tolist(), name, mode=mode))
+    z, medians = spike_scores(y)
+    spikes = _isolated(x, spike_findings(x, y, z, medians, name, mode))
+    other_way = _isolated(x, spike_findings(x, y, z, medians, name, "max" if mode == "min" else "min"))
     # Levels are means: one batch far off the curve, either way, would move them. They are read without the spikes.
-    outliers = {f.step for f in spikes} | {f.step for f in _isolated(x, find_spikes(
-        x.tolist(), y.tolist(), name, mode="max" if mode == "min" else "min"))} | _pending(x, y, name, mode)
+    outliers = {f.step for f in spikes + other_way} | _pending(x, np.abs(z) > SPIKE_Z)
     if outliers and len(y) - len(outliers) >= MIN_POINTS:
         keep = ~np.isin(x, list(outliers))
         x, y = x[keep], y[keep]
@@ -363,8 +363,8 @@ def diagnose(
     # (95 % upper bound), less than half of the gain. Otherwise too few or too noisy logs cannot tell a slowing rise
     # from a flat end: train on.
     if improved and above_before + Z_ONE_SIDED_95 * above_before_se >= LEVELLED_SHARE * gain:
-        return verdict("still improving", f"{since_start}; not enough evidence yet that it has levelled off "
-                                          f"({last_half}): it may still be improving")
+        return verdict("still improving", f"{since_start}; it {last_half}: not enough evidence yet that it has "
+                                          "levelled off, so it may still be improving")
     if improved:
         earlier = float(levels.means[best_before])
         if abs(recent) <= z_moved * recent_se:

@@ -40,7 +40,7 @@ def amount(size: float, error: float) -> str:
     """`size ± half-width of its 95 % interval`, e.g. `0.21 ± 0.06`."""
     from .noise import Z_REPORT
 
-    return f"{abs(size):.2g} ± {Z_REPORT * error:.1g}" if math.isfinite(error) else f"{abs(size):.2g}"
+    return f"{abs(size):.2g} ± {Z_REPORT * error:.2g}" if math.isfinite(error) else f"{abs(size):.2g}"
 
 
 def change(difference: float) -> str:
