@@ -159,6 +159,48 @@ def measure_flat(options) -> dict:
     return results
 
 
+def measure_flat_update(options) -> dict:
+    """share -> (TRL update s, ours update s, |loss difference|): the policy update alone (loss forward + backward)
+    on one generated batch, ours (flat rows skipped) and TRL's `_compute_loss` on the whole batch, interleaved
+    `--update-repeats` times on the same model (the fastest of each: other load only adds time)."""
+    from trl import GRPOTrainer
+
+    results = {}
+    for share in options.flat_shares:
+        with tempfile.TemporaryDirectory() as output_dir:
+            trainer = build_trainer("grpo", options, output_dir, "text", FlatGroupsReward(share))
+            model = trainer.model
+            model.train()
+            trainer.current_gradient_accumulation_steps = 1
+            rows = [trainer.train_dataset[i] for i in range(options.batch_size // 8)]
+            with contextlib.redirect_stdout(io.StringIO()):
+                batch = trainer._generate_and_score_completions([r for r in rows for _ in range(8)])
+            full = {k: v for k, v in batch.items() if k not in ("keep", "counted")}
+            times = {"trl": [], "ours": []}
+            losses = {}
+            for _ in range(options.update_repeats):
+                for kind in times:
+                    model.zero_grad()
+                    start = time.perf_counter()
+                    loss = (trainer._compute_loss(model, batch) if kind == "ours"
+                            else GRPOTrainer._compute_loss(trainer, model, full))
+                    loss.backward()
+                    times[kind].append(time.perf_counter() - start)
+                    losses[kind] = loss.item()
+        results[share] = (min(times["trl"]), min(times["ours"]), abs(losses["trl"] - losses["ours"]))
+        print(f"# {share:.0%} flat groups: update measured", file=sys.stderr, flush=True)
+    return results
+
+
+def print_flat_update_table(results: dict) -> None:
+    print("\n## zero-variance groups: the policy update alone, mode grpo vs GRPOTrainer's loss on the same batch\n")
+    print("| flat groups | update s (TRL) | update s (ours) | ratio | target | abs loss difference |")
+    print("|---|---|---|---|---|---|")
+    for share, (theirs, mine, difference) in results.items():
+        print(f"| {share:.0%} | {theirs:.4f} | {mine:.4f} | {mine / theirs:.3f} | <= {1 - share + 0.1:.2f} "
+              f"| {difference:.1e} |")
+
+
 def print_flat_table(results: dict) -> None:
     print("\n## zero-variance groups, text model (tiny Llama), mode grpo vs GRPOTrainer\n")
     print("| flat groups | update s (TRL) | update s (ours) | update ratio | target | step ratio "
@@ -297,9 +339,13 @@ def main(argv=None) -> int:
     parser.add_argument("--loss-type", default="dapo", help="TRL loss_type (default: %(default)s)")
     parser.add_argument("--models", nargs="+", choices=["text", "vlm"], default=["text", "vlm"],
                         help="which models the filter tables measure (default: both)")
-    parser.add_argument("--tables", nargs="+", choices=["filter", "flat", "dynamic"], default=["filter", "flat"],
-                        help="filter: tables 1-2 (step time, PSR/NSR update); flat: table 3, zero-variance groups; "
-                        "dynamic: table 4, dynamic sampling on the headroom task (CPU-heavy) (default: filter flat)")
+    parser.add_argument("--tables", nargs="+", choices=["filter", "flat-update", "flat", "dynamic"],
+                        default=["filter", "flat-update", "flat"],
+                        help="filter: tables 1-2 (step time, PSR/NSR update); flat-update: table 3a, the update "
+                        "alone, interleaved; flat: table 3b, whole runs (step, update, weights); dynamic: table 4, "
+                        "dynamic sampling on the headroom task (CPU-heavy) (default: filter flat-update flat)")
+    parser.add_argument("--update-repeats", type=int, default=10,
+                        help="interleaved repeats of table 3a (default: %(default)s)")
     parser.add_argument("--dynamic-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                         help="seeds of table 4 (default: %(default)s)")
     parser.add_argument("--dynamic-steps", type=int, default=60, help="steps per run of table 4 (default: %(default)s)")
@@ -311,7 +357,12 @@ def main(argv=None) -> int:
                         help="print table 4 to stderr after every seed too")
     parser.add_argument("--flat-shares", nargs="+", type=float, default=[0.25, 0.5, 0.75],
                         help="shares of zero-variance groups for table 3, multiples of 0.25 (default: %(default)s)")
+    parser.add_argument("--generation", choices=["hf", "vllm"], default="hf",
+                        help="vllm: only the step table with vLLM colocate generation (TRL and every mode, text "
+                        "model); on a CPU run it with .venv-vllm/bin/python (default: hf, transformers' generate)")
     options = parser.parse_args(argv)
+    if options.generation == "vllm":
+        return vllm_step_table(options)
 
     import torch
     import transformers
@@ -327,6 +378,8 @@ def main(argv=None) -> int:
     if "filter" in options.tables:
         for model_kind in options.models:
             print_tables(model_kind, measure_all(options, model_kind))
+    if "flat-update" in options.tables:
+        print_flat_update_table(measure_flat_update(options))
     if "flat" in options.tables:
         print_flat_table(measure_flat(options))
     if "dynamic" in options.tables:
@@ -363,6 +416,77 @@ def print_tables(model_kind: str, timings: tuple[dict, dict]) -> None:
     for kind in ("psr", "nsr"):
         print(f"| FilteredGRPOTrainer mode={kind}, 50% kept | {update[kind]:.4f} | "
               f"{update[kind] / update['trl']:.3f} | <= 0.60 |")
+
+
+def vllm_step_table(options) -> int:
+    """`--generation vllm`: seconds per step with TRL's vLLM colocate generation, GRPOTrainer against
+    FilteredGRPOTrainer in each mode, in one run (one engine for all the trainers: each trainer's first sync, at
+    step 0, loads its own weights into it). On a CPU (vLLM's CPU build) the weight transport is the tests' stand-in
+    (tests/rl/vllm_stand_ins.py): TRL 1.16's per-tensor load cannot run on that backend."""
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import torch
+    import trl
+    from trl import GRPOConfig, GRPOTrainer
+
+    from hf_trainkit.library_noise import filter_library_noise
+    from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
+    from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "rl"))
+    from vllm_stand_ins import install_colocate_weight_reload, share_one_engine  # noqa: E402
+
+    if not torch.cuda.is_available():
+        install_colocate_weight_reload()
+    share_one_engine()
+    filter_library_noise()
+    import vllm
+
+    kinds = ["trl", "grpo", "psr", "nsr", "w-reinforce"]
+    times = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory() as workdir:
+        tokenizer = build_toy_tokenizer()
+        model_dir = os.path.join(workdir, "model")  # vLLM loads the model from a directory, TRL from the same
+        build_tiny_model(tokenizer, hidden_size=options.hidden_size, num_layers=options.layers,
+                         seed=0).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        dataset = build_toy_dataset(1024)
+        for _ in range(options.repeats):
+            for kind in kinds:
+                common = dict(output_dir=os.path.join(workdir, kind), per_device_train_batch_size=options.batch_size,
+                              num_generations=8, max_completion_length=options.completion_length,
+                              learning_rate=1e-4, max_steps=options.warmup + options.steps, logging_steps=1,
+                              report_to=[], save_strategy="no", seed=0, disable_tqdm=True,
+                              loss_type=options.loss_type, use_vllm=True, vllm_mode="colocate",
+                              vllm_max_model_length=128)
+                args = GRPOConfig(**common) if kind == "trl" else FilteredGRPOConfig(
+                    mode=kind, log_mode_summary=False, **common)
+                trainer_cls = GRPOTrainer if kind == "trl" else FilteredGRPOTrainer
+                trainer = trainer_cls(model=model_dir, reward_funcs=half_reward, args=args, train_dataset=dataset,
+                                      processing_class=tokenizer)
+                timer = StepTimer(trainer)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    trainer.train()
+                times[kind].append((statistics.median(timer.step_seconds[options.warmup:]),
+                                    statistics.median(timer.update_seconds[options.warmup:])))
+                del trainer
+    best = {kind: (min(t[0] for t in values), min(t[1] for t in values)) for kind, values in times.items()}
+    print(f"# vllm {vllm.__version__}, trl {trl.__version__}, torch {torch.__version__}; vLLM colocate; model "
+          f"hidden={options.hidden_size} layers={options.layers}, {options.batch_size} completions x "
+          f"{options.completion_length} tokens per step, loss_type={options.loss_type}, {options.steps} steps x "
+          f"{options.repeats} repeats; median step of each run, best run"
+          + ("" if torch.cuda.is_available() else "; CPU: stand-in weight transport"))
+    print("\n## vLLM generation (colocate), text model\n")
+    print("| run | s/step | ratio vs GRPOTrainer | policy update s | update ratio |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
+        step, update = best[kind]
+        name = "GRPOTrainer (TRL)" if kind == "trl" else f"FilteredGRPOTrainer mode={kind}" + (
+            ", 50% kept" if kind in ("psr", "nsr") else "")
+        print(f"| {name} | {step:.4f} | {step / best['trl'][0]:.3f} | {update:.4f} | "
+              f"{update / best['trl'][1]:.3f} |")
+    return 0
 
 
 if __name__ == "__main__":
