@@ -458,7 +458,8 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
     # glance cannot tell (no msgspec, no plain global_step, the live log) is read in full, as before.
     loaded, errors, claimed = {}, {}, []
     for index, candidate in enumerate(candidates):
-        step = None if candidate.name.endswith(".jsonl") else _claimed_global_step(candidate)
+        glance = len(candidates) > 1 and not candidate.name.endswith(".jsonl")
+        step = _claimed_global_step(candidate) if glance else None
         if step is not None:
             claimed.append(((step, True, candidate == path / TRAINER_STATE_NAME), index))
             continue
