@@ -29,8 +29,8 @@ MODES = ("grpo", "psr", "nsr", "w-reinforce")
 
 pytestmark = [
     pytest.mark.slow,  # a few minutes (three vLLM engine starts): CI runs them, the README's fast command does not
-    pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"vLLM's CPU build is not installed: build "
-                       f"{VLLM_PYTHON.parent.parent.name} with scripts/make_vllm_venv.sh"),
+    pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"vLLM's CPU build is not installed ({VLLM_PYTHON} is "
+                       "missing): build .venv-vllm with scripts/make_vllm_venv.sh"),
 ]
 
 
