@@ -162,8 +162,15 @@ def measure_flat(options) -> dict:
 def measure_flat_update(options) -> dict:
     """share -> (TRL update s, ours update s, |loss difference|): the policy update alone (loss forward + backward)
     on one generated batch, ours (flat rows skipped) and TRL's `_compute_loss` on the whole batch, interleaved
-    `--update-repeats` times on the same model (the fastest of each: other load only adds time)."""
+    `--update-repeats` times on the same model (the fastest of each: other load only adds time). With
+    `--cpu-time`: the process's CPU seconds on one torch thread, which other load on a shared machine barely
+    changes (wall time there can vary tenfold)."""
+    import torch
     from trl import GRPOTrainer
+
+    clock = time.process_time if options.cpu_time else time.perf_counter
+    if options.cpu_time:
+        torch.set_num_threads(1)
 
     results = {}
     for share in options.flat_shares:
@@ -181,19 +188,20 @@ def measure_flat_update(options) -> dict:
             for _ in range(options.update_repeats):
                 for kind in times:
                     model.zero_grad()
-                    start = time.perf_counter()
+                    start = clock()
                     loss = (trainer._compute_loss(model, batch) if kind == "ours"
                             else GRPOTrainer._compute_loss(trainer, model, full))
                     loss.backward()
-                    times[kind].append(time.perf_counter() - start)
+                    times[kind].append(clock() - start)
                     losses[kind] = loss.item()
         results[share] = (min(times["trl"]), min(times["ours"]), abs(losses["trl"] - losses["ours"]))
         print(f"# {share:.0%} flat groups: update measured", file=sys.stderr, flush=True)
     return results
 
 
-def print_flat_update_table(results: dict) -> None:
-    print("\n## zero-variance groups: the policy update alone, mode grpo vs GRPOTrainer's loss on the same batch\n")
+def print_flat_update_table(results: dict, cpu_time: bool = False) -> None:
+    print("\n## zero-variance groups: the policy update alone, mode grpo vs GRPOTrainer's loss on the same batch"
+          f"{' (CPU seconds, 1 thread)' if cpu_time else ''}\n")
     print("| flat groups | update s (TRL) | update s (ours) | ratio | target | abs loss difference |")
     print("|---|---|---|---|---|---|")
     for share, (theirs, mine, difference) in results.items():
@@ -346,6 +354,8 @@ def main(argv=None) -> int:
                         "dynamic sampling on the headroom task (CPU-heavy) (default: filter flat-update flat)")
     parser.add_argument("--update-repeats", type=int, default=10,
                         help="interleaved repeats of table 3a (default: %(default)s)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="table 3a in CPU seconds on one thread instead of wall seconds (for a shared machine)")
     parser.add_argument("--dynamic-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                         help="seeds of table 4 (default: %(default)s)")
     parser.add_argument("--dynamic-steps", type=int, default=60, help="steps per run of table 4 (default: %(default)s)")
@@ -379,7 +389,7 @@ def main(argv=None) -> int:
         for model_kind in options.models:
             print_tables(model_kind, measure_all(options, model_kind))
     if "flat-update" in options.tables:
-        print_flat_update_table(measure_flat_update(options))
+        print_flat_update_table(measure_flat_update(options), options.cpu_time)
     if "flat" in options.tables:
         print_flat_table(measure_flat(options))
     if "dynamic" in options.tables:
@@ -459,7 +469,7 @@ def vllm_step_table(options) -> int:
                               learning_rate=1e-4, max_steps=options.warmup + options.steps, logging_steps=1,
                               report_to=[], save_strategy="no", seed=0, disable_tqdm=True,
                               loss_type=options.loss_type, use_vllm=True, vllm_mode="colocate",
-                              vllm_max_model_length=128)
+                              vllm_max_model_length=128, bf16=torch.cuda.is_available())
                 args = GRPOConfig(**common) if kind == "trl" else FilteredGRPOConfig(
                     mode=kind, log_mode_summary=False, **common)
                 trainer_cls = GRPOTrainer if kind == "trl" else FilteredGRPOTrainer
