@@ -9,9 +9,11 @@ Prints two tables:
    scoring) for PSR and NSR with exactly half of the samples kept, against the unfiltered update of plain
    GRPOTrainer (target ratio <= 0.6).
 
-3. zero-variance groups (`--tables flat`, text model): mode grpo against GRPOTrainer when 25 / 50 / 75 % of the
-   groups have equal rewards: the policy update (target ratio <= informative share + 0.1), the whole step, and the
-   largest difference of the final weights (the skip is exact: float rounding only).
+3. zero-variance groups (text model): mode grpo against GRPOTrainer when 25 / 50 / 75 % of the groups have equal
+   rewards (target update ratio <= informative share + 0.1). `--tables flat-update`: the policy update alone on one
+   generated batch, ours and TRL's loss interleaved on the same model (`--cpu-time`: CPU seconds on one thread, for
+   a shared machine); `--tables flat`: whole runs, the update, the whole step and the largest difference of the
+   final weights (the skip is exact: float rounding only).
 
 4. dynamic sampling (`--tables dynamic`), on the headroom task of `benchmarks/paper_fidelity.py`: grpo and psr
    with and without `dynamic_sampling`, several seeds, held-out pass@1 and pass@16 (exact, per prompt) with 95 %
