@@ -18,12 +18,13 @@ taken only by GET /api/report, the one link that needs it, never by another rout
 an absolute-form request target) must name this server (no DNS rebinding) and an Origin, when sent, must be this
 server's (no cross-site request); actions are POST only, refused on a run that is not running or on a read-only
 page, and answered 409 with why when the training would not carry them out (after a Stop, a save already queued).
-Every number in a query is ASCII digits of bounded length, else a JSON 400.
-
-The server answers as soon as it listens: the runs are read in a background thread, newest first, each run's long
-log in parts; a request waits at most `LOADING_WAIT_SECONDS` for a run still being read, then says it is loading. Errors are JSON `{"error": ...}`, never
+Every number in a query is ASCII digits of bounded length, else a JSON 400. Errors are JSON `{"error": ...}`, never
 a traceback. Slow, idle and flooding clients are dealt with by the control server (a header deadline per request,
 the oldest connection without the token shed first), so a token holder's poll is answered while they go on.
+
+The server answers as soon as it listens: the runs are read in a background thread, newest first, each run's long
+log in parts; a request waits at most `LOADING_WAIT_SECONDS` (in all) for runs still being read, then says which
+are loading.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _number(value) -> float | None:
     return None
 
 
-# --- JSON: msgspec when installed (a default dependency), Python's json otherwise; the same objects either way ----------
+# --- JSON: msgspec when installed (a default dependency), else Python's json; the same objects either way --------
 
 _NAN, _INF = float("nan"), float("inf")
 # Python's json reads the bare NaN / Infinity / -Infinity that transformers (and the live log) write; msgspec does

@@ -201,7 +201,8 @@ def test_series_are_created_in_the_order_the_entries_meet_them():
     history = [{"a": "n/a", "b": 1.0, "step": i} for i in range(2)] + [{"a": 2.0, "b": 3.0, "step": 2}]
     history *= 5
     run = parse_state({"log_history": history}, Path("x"), "run")
-    assert list(run.train) == list(reference_parse_state({"log_history": history}, Path("x"), "run").train) == ["b", "a"]
+    expected = reference_parse_state({"log_history": history}, Path("x"), "run")
+    assert list(run.train) == list(expected.train) == ["b", "a"]
 
 
 def test_long_stretches_are_read_as_columns(monkeypatch):
@@ -329,5 +330,6 @@ def test_only_the_winning_checkpoint_is_read_in_full(tmp_path, monkeypatch):
             json.dumps({"global_step": step, "log_history": history}))
     read = []
     full = load.read_state_file
-    monkeypatch.setattr(load, "read_state_file", lambda path, label: (read.append(path.parent.name), full(path, label))[1])
+    monkeypatch.setattr(load, "read_state_file",
+                        lambda path, label: (read.append(path.parent.name), full(path, label))[1])
     assert load_run(run).global_step == 400 and read == ["checkpoint-400"]
