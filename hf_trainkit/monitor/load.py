@@ -11,7 +11,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from itertools import groupby
-from operator import itemgetter
+from functools import partial
+from operator import is_not, itemgetter
 from pathlib import Path
 
 from ..argparsing import UsageError
@@ -23,6 +24,7 @@ KEY_ALIASES = {"lr": "learning_rate"}
 _LARGEST_STEP = 2 ** 53  # beyond it a step is no step (and no float holds it exactly)
 _LARGEST_FLOAT = 1.7976931348623157e308
 _NOT_METRICS = {"step", "epoch", TIME_KEY}
+_is_not_none = partial(is_not, None)
 
 
 class MonitorInputError(UsageError, ValueError):
@@ -90,7 +92,8 @@ class RunHistory:
         return "reward" in self.train or any(k.startswith("rewards/") and k.endswith("/mean") for k in self.train)
 
     def last_epoch(self) -> float | None:
-        epochs = [e for series in self.train.values() for e in series.epochs if e is not None]
+        # The largest epoch logged (the first of equals), one C-level pass per series.
+        epochs = [max(kept) for kept in (list(filter(_is_not_none, s.epochs)) for s in self.train.values()) if kept]
         epoch = self.state.get("epoch")
         return max(epochs) if epochs else (epoch if isinstance(epoch, (int, float)) else None)
 

@@ -192,8 +192,12 @@ def _history(rng: random.Random, entries: int) -> list:
 @pytest.mark.parametrize("seed", range(40))
 def test_columns_give_what_the_loop_per_entry_gave(seed):
     rng = random.Random(seed)
-    data = {"log_history": _history(rng, rng.choice([10, 100, 400])), "global_step": 5}
-    assert_same_run(parse_state(data, Path("x"), "run"), reference_parse_state(data, Path("x"), "run"))
+    data = {"log_history": _history(rng, rng.choice([10, 100, 400])), "global_step": 5, "epoch": 0.5}
+    run = parse_state(data, Path("x"), "run")
+    assert_same_run(run, reference_parse_state(data, Path("x"), "run"))
+    # last_epoch as it was: the max of every train epoch logged, else the state's
+    epochs = [e for series in run.train.values() for e in series.epochs if e is not None]
+    assert same(run.last_epoch(), max(epochs) if epochs else 0.5)
 
 
 def test_series_are_created_in_the_order_the_entries_meet_them():
