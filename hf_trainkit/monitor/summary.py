@@ -34,6 +34,8 @@ def monitored_metric(run: RunHistory) -> tuple[str, str] | None:
 
 
 def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
+    import numpy as np
+
     loss = _stats(run.train.get("loss"))
     summary = {
         "label": run.label,
@@ -76,8 +78,9 @@ def summarize(run: RunHistory, smoothing: float = 0.6) -> dict:
     )
     # What a comparison ranks by: the mean of the last 10% of logs (at least 5), not the last batch, which in RL is
     # one batch's luck.
-    finite = [v for v in series.values if is_finite(v)]
-    tail = finite[-max(5, len(finite) // 10):]
+    values = np.asarray(series.values, dtype=float)
+    finite = values[np.isfinite(values)]
+    tail = finite[-max(5, len(finite) // 10):].tolist()
     summary["monitored"] = {"key": key, "mode": mode, "final_mean": sum(tail) / len(tail) if tail else None,
                             "final_mean_of": len(tail)}
     summary["diagnosis"] = {
