@@ -220,3 +220,37 @@ def test_new_bests_are_beyond_the_noise_only():
     events = new_bests(range(400), rising, "max", limit=100)["new_best"]
     assert len(events) >= 5 and all(b["value"] > a["value"] for a, b in zip(events, events[1:]))
     assert new_bests([1, 2], [float("nan"), None], "min") == {"new_best": [], "logs_since_best": 0}
+
+
+def test_spikes_match_the_rule_written_plainly():
+    """find_spikes computes its medians only where a spike is possible; the spikes it finds are those of the rule
+    applied log by log: the median and MAD of the 20 logs before, the successive-difference scale (the two largest
+    squared differences left out), at least 1 % of the range (and two quanta of a quantised curve)."""
+    import statistics
+
+    def plain(values, mode):
+        found = []
+        floor = max(0.01 * (max(values) - min(values)), 1e-12)
+        distinct = sorted(set(values))
+        if 1 < len(distinct) <= max(2, len(values) // 4):
+            floor = max(floor, 2 * min(b - a for a, b in zip(distinct, distinct[1:])))
+        for i in range(10, len(values)):
+            recent = values[max(0, i - 20):i]
+            median = statistics.median(recent)
+            mad = statistics.median(abs(v - median) for v in recent) * 1.4826
+            squares = sorted((b - a) ** 2 for a, b in zip(recent, recent[1:]))
+            if len(squares) >= 10:
+                squares = squares[:-2]
+            spread = math.sqrt(sum(squares) / len(squares) / 2)
+            z = (values[i] - median) / max(mad, spread, floor)
+            if (z if mode == "min" else -z) > 6:
+                found.append(i + 1)
+        return found
+
+    rng = random.Random(11)
+    for trial in range(30):
+        values = [rng.gauss(1, 0.1) * (4 if rng.random() < 0.03 else 1) for _ in range(300)]
+        if trial % 3 == 0:
+            values = rewards_of(lambda t: 0.3 + 0.6 * t, 300, 8, seed=trial)
+        for mode in ("min", "max"):
+            assert [f.step for f in find_spikes(range(1, 301), values, mode=mode)] == plain(values, mode)
