@@ -56,7 +56,9 @@ def test_each_mode_trains_the_tiny_vlm(tmp_path, mode):
     for entry in logs:  # rewards are 0/1 against the threshold 0.5: shares follow from the mean reward
         assert entry[f"{prefix}/positive_samples"] + entry[f"{prefix}/negative_samples"] == 16
         assert entry[f"{prefix}/positive_ratio"] == pytest.approx(entry["reward"])
-        kept = {"psr": entry[f"{prefix}/positive_samples"], "nsr": entry[f"{prefix}/negative_samples"]}.get(mode, 16)
+        # grpo keeps the rows of groups whose rewards differ (a flat group teaches nothing: TRL's zero-std share)
+        kept = {"psr": entry[f"{prefix}/positive_samples"], "nsr": entry[f"{prefix}/negative_samples"],
+                "grpo": 16 * (1 - entry["frac_reward_zero_std"])}.get(mode, 16)
         assert entry[f"{prefix}/kept_ratio"] == pytest.approx(kept / 16)
     assert f"{mode.upper()} [Step 2]:" in result.stdout
 
