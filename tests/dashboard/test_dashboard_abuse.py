@@ -25,15 +25,6 @@ from .test_dashboard_server import _write_log, call
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def served(tmp_path):
-    run = tmp_path / "run"
-    _write_log(run, 30)
-    server = DashboardServer([(str(run), "run")], port=0).start()
-    yield server, run
-    server.stop()
-
-
 def raw(server, data: bytes, timeout=10.0) -> tuple[bytes, float]:
     """Send `data` as is; everything the server answers until it closes, and how long that took."""
     started = time.monotonic()

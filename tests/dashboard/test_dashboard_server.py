@@ -23,15 +23,6 @@ def _write_log(run, steps, start=1):
             handle.write(json.dumps({"_time": 100.0 + s, "loss": 0.0, "reward": s / 100, "step": s}) + "\n")
 
 
-@pytest.fixture()
-def served(tmp_path):
-    run = tmp_path / "run"
-    _write_log(run, 30)
-    server = DashboardServer([(str(run), "run")], port=0).start()
-    yield server, run
-    server.stop()
-
-
 def call(server, method, path, token=None, body=None, headers=None):
     host, port = server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=10)
