@@ -90,14 +90,22 @@ def adjust_for_cpu_launch(training_args) -> str | None:
     return kind
 
 
-def gather_lists(items: list) -> list:
-    """Every rank's `items` concatenated in rank order, on every rank (picklable items); `items` in one process."""
+def gather_lists(items: list, group=None) -> list:
+    """Every rank's `items` concatenated in rank order, on every rank (picklable items); `items` in one process.
+    `group`: a process group of its own (the background checkpoint writer's), instead of the default one."""
     dist = _distributed()
     if dist is None:
         return list(items)
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, items)
+    dist.all_gather_object(gathered, items, group=group)
     return [item for part in gathered for item in part]
+
+
+def new_cpu_group():
+    """A gloo group of every rank, for collectives issued off the training thread (None in one process). Collective:
+    every rank calls it, at the same point."""
+    dist = _distributed()
+    return dist.new_group(backend="gloo") if dist is not None else None
 
 
 def rank_and_world() -> tuple[int, int]:

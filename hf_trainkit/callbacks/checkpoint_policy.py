@@ -65,7 +65,7 @@ class CheckpointPolicyCallback(CallbackGroup):
         noise_aware (`bool`, *optional*, defaults to `True`): for a training-log metric (not `eval_*`), an
             improvement must also beat the best by more than the metric's noise (estimated from its successive
             differences, as `hf-trainkit monitor`'s diagnosis does), so one lucky batch does not trigger a save.
-        save_total_limit, protected, mirror: [`CheckpointManagerCallback`]'s arguments.
+        save_total_limit, protected, mirror, async_save: [`CheckpointManagerCallback`]'s arguments.
         handle_signals (`bool`, *optional*, defaults to `True`): save and stop on SIGTERM/SIGINT/SIGHUP (False when
             a `LiveControlCallback` of your own handles them).
     """
@@ -74,7 +74,7 @@ class CheckpointPolicyCallback(CallbackGroup):
                  save_on_improvement: bool = False, min_delta: float = 0.0, relative_delta: bool = False,
                  smoothing: float | None = None, strict: bool = True, save_total_limit: int | None = None,
                  protected: list[str] | None = None, mirror=None, handle_signals: bool = True, node_layout=None,
-                 noise_aware: bool = True):
+                 noise_aware: bool = True, async_save: bool = False):
         if monitor is None and (save_top_k is not None or save_on_improvement):
             raise ValueError("CheckpointPolicyCallback: save_top_k and save_on_improvement need a monitor (a logged "
                              "key such as 'eval_loss' or 'reward').")
@@ -104,7 +104,7 @@ class CheckpointPolicyCallback(CallbackGroup):
         self.manager = CheckpointManagerCallback(
             save_total_limit=save_total_limit, protected=protected, mirror=mirror,
             keep_rule=self.checkpoints_to_delete if save_top_k is not None else None, marker_fields=self.marker_fields,
-            node_layout=node_layout)
+            node_layout=node_layout, async_save=async_save)
         super().__init__(ResumeChecksCallback(mirror=mirror), self.manager,
                          LiveControlCallback(watch_requests=False) if handle_signals else None)
 

@@ -135,9 +135,9 @@ def node_view(output_dir: str) -> dict[int, str]:
             for info in list_checkpoints(output_dir) if info.step is not None}
 
 
-def gather_node_views(view, layout: NodeLayout, writes_here: bool) -> list:
-    """Every node's `view` (what its writing process passes), indexed by node. Collective."""
-    gathered = gather_lists([(layout.node, view if writes_here else None)])
+def gather_node_views(view, layout: NodeLayout, writes_here: bool, group=None) -> list:
+    """Every node's `view` (what its writing process passes), indexed by node. Collective (on `group` if given)."""
+    gathered = gather_lists([(layout.node, view if writes_here else None)], group=group)
     views = [None] * layout.num_nodes
     for node, value in gathered:
         if value is not None:

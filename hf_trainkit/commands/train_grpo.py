@@ -1,8 +1,8 @@
 """`scripts/train_grpo.py` / `hf-trainkit train-grpo`: train with GRPO, PSR, NSR or W-REINFORCE from the command line.
 
-With no `--model` and no `--dataset` it trains a tiny model on the built-in digit-rule task (see `hf_trainkit.toy`),
-on the CPU, in about a minute: the demo, and the path the tests take. Parsing and exit codes live here; the run
-itself is `hf_trainkit.training.run`."""
+With no `--model` and no `--dataset` it trains a tiny model on the built-in digit-rule task (see
+`hf_trainkit.tasks.digit`), on the CPU, in about a minute: the demo, and the path the tests take. Parsing and exit
+codes live here; the run itself is `hf_trainkit.training.run`."""
 
 from __future__ import annotations
 
@@ -199,6 +199,10 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
           help="several machines, each with its own disk at --output-dir: every node writes its part of each "
           "checkpoint there (its ranks' shards, the trainer state, weights) and a resume takes the newest step "
           "complete on every node (a shared --output-dir: leave it out; a wrong choice is an error at start)")
+    flag(save, "async-save", action="store_true",
+          help="save checkpoints in the background: training waits only for a host copy of the state (about one "
+          "checkpoint's share of each process in RAM), the write, fsync, marker, mirror and rotation follow while "
+          "it trains; one save in flight, the end and a stop wait for it")
     flag(save, "no-resume", action="store_true",
           help="start from scratch even if --output-dir holds checkpoints or a finished run")
 

@@ -42,7 +42,7 @@ def build_callbacks(options: argparse.Namespace, node_layout=None) -> list:
             monitor=options.checkpoint_metric, mode=options.checkpoint_mode, save_top_k=options.save_top_k,
             save_on_improvement=options.save_on_improvement, min_delta=min_delta, relative_delta=relative_delta,
             smoothing=options.checkpoint_smoothing, save_total_limit=options.save_total_limit, mirror=mirror,
-            handle_signals=False, node_layout=node_layout)]  # the LiveControlCallback below handles them, in the same all-reduce as requests
+            handle_signals=False, node_layout=node_layout, async_save=getattr(options, "async_save", False))]  # the LiveControlCallback below handles them, in the same all-reduce as requests
     except ValueError as error:
         raise UsageError(_as_flags(str(error))) from None
     if options.control_port is not None and not 0 <= options.control_port <= 65535:

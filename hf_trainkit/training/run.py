@@ -139,7 +139,11 @@ def _train(options: argparse.Namespace, config, reward_funcs: list, callbacks: l
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
             break
-        except Exception as error:
+        except BaseException as error:
+            for manager in checkpoint_managers(trainer):  # a background save in flight is finished, not cut short
+                manager.wait_for_background_write(f"training stopped by {type(error).__name__}")
+            if not isinstance(error, Exception):
+                raise
             older = fallback_after_failed_load(error, trainer, checkpoint, config, options)
             if older is NO_FALLBACK:
                 raise

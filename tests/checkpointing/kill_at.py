@@ -9,6 +9,11 @@ no handler, no cleanup) at POINT near the end of training, so that a test can la
     after-record     everything written, training_complete.json last; killed before the process exits
     mid-save:STEP    the save of step STEP cut short on the node that KILL_NODE names (torchrun's GROUP_RANK; the
                      only node by default): its files are written, its completion marker is not
+    mid-background-write:STEP
+                     (--async-save) the background write of step STEP cut short once training has gone on to step
+                     STEP + 1: `optimizer.pt` left at half its bytes (the rank that KILL_RANK names, 0 by default)
+    fail-write:STEP  (--async-save) the background write of step STEP fails: `optimizer.pt` of checkpoint-STEP is
+                     made a folder before the write (the file cannot be written: a real IsADirectoryError)
 """
 
 import os
@@ -41,8 +46,54 @@ class KillAt(TrainerCallback):
             die()
 
 
+class TrainingWentOn(TrainerCallback):
+    """Lets a background write go on only once training has reached `step`."""
+
+    def __init__(self, step: int):
+        import threading
+
+        self.step, self.reached = step, threading.Event()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            self.reached.set()
+
+
+def cut_background_write_short(step: int) -> TrainerCallback:
+    from hf_trainkit.checkpointing import async_save
+
+    went_on, write = TrainingWentOn(step + 1), async_save.StagedFile.write
+
+    def write_then_die(self, torch_save, safetensors_save):
+        if self.path.parent.name == f"checkpoint-{step}" and self.path.name == "optimizer.pt" \
+                and os.environ.get("RANK", "0") == os.environ.get("KILL_RANK", "0"):
+            assert went_on.reached.wait(timeout=120), "training did not go on during the background write"
+            write(self, torch_save, safetensors_save)
+            data = self.path.read_bytes()
+            self.path.write_bytes(data[: len(data) // 2])
+            die()
+        write(self, torch_save, safetensors_save)
+
+    async_save.StagedFile.write = write_then_die
+    return went_on
+
+
+class UnwritableOptimizerFile(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.should_save:
+            (Path(args.output_dir) / f"checkpoint-{self.step}" / "optimizer.pt").mkdir(parents=True, exist_ok=True)
+
+
 def main():
     point, argv = sys.argv[1], sys.argv[2:]
+    extra = []
+    if point.startswith("mid-background-write:"):
+        extra.append(cut_background_write_short(int(point.split(":")[1])))
+    if point.startswith("fail-write:"):
+        extra.append(UnwritableOptimizerFile(int(point.split(":")[1])))
     if point.startswith("mid-save:"):
         from hf_trainkit.rl.filtered_grpo_trainer import FilteredGRPOTrainer
 
@@ -70,7 +121,7 @@ def main():
         FilteredGRPOTrainer.save_model = cut_short
     from hf_trainkit.commands.train_grpo import main as train
 
-    code = train(argv, callbacks=[KillAt(point)])
+    code = train(argv, callbacks=[KillAt(point), *extra])
     if point == "after-record":
         die()
     sys.exit(code)

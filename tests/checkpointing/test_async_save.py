@@ -1,0 +1,127 @@
+"""Background saves (`--async-save`): what the writer writes is what a synchronous save writes, a kill inside the
+background write resumes bit-exact, a failed write is loud and the next save synchronous, and a host copy that
+cannot fit refuses the run at start."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from hf_trainkit.checkpointing import COMPLETE_MARKER, find_resume_checkpoint, list_checkpoints
+from hf_trainkit.checkpointing.async_save import HostBufferPool, host_copy_problem, staging, write_staged
+from tests.testing_utils import SUBPROCESS_ENV, run_script
+
+from .conftest import QUIET, TRAIN, curves
+
+
+KILL_AT = Path(__file__).with_name("kill_at.py")
+COMMAND = ["--mode", "psr", "--seed", 3, *QUIET, "--max-steps", 6, "--save-steps", 2]
+
+
+def _state():
+    weights = torch.randn(64, 32)
+    return {"weights": weights, "view": weights[3:9], "param": torch.nn.Parameter(torch.randn(7)),
+            "half": weights.half(), "nested": [1, "x", {"steps": torch.arange(5), "none": None}]}
+
+
+def test_staged_files_hold_the_bytes_a_direct_save_writes_at_the_time_of_the_save(tmp_path):
+    state = _state()
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "staged").mkdir()
+    torch.save(state, tmp_path / "direct" / "optimizer.pt")
+    safetensors.torch.save_file({"w": state["weights"], "h": state["half"]}, tmp_path / "direct" / "m.safetensors",
+                                metadata={"format": "pt"})
+    pool = HostBufferPool()
+    with staging(pool) as staged:
+        torch.save(state, tmp_path / "staged" / "optimizer.pt")
+        safetensors.torch.save_file({"w": state["weights"], "h": state["half"]},
+                                    tmp_path / "staged" / "m.safetensors", metadata={"format": "pt"})
+    assert not any((tmp_path / "staged").iterdir())  # nothing written yet: staged
+    state["weights"].add_(1.0)  # training goes on: the staged copy must not see it
+    state["half"].add_(1.0)
+    state["param"].data.mul_(3.0)
+    write_staged(staged)
+    for name in ("optimizer.pt", "m.safetensors"):
+        assert (tmp_path / "staged" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes(), name
+    loaded = torch.load(tmp_path / "staged" / "optimizer.pt", weights_only=False)
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["weights"].untyped_storage().data_ptr()
+    assert type(loaded["param"]) is torch.nn.Parameter
+    # The next save reuses the host memory of the last one (same sizes: no new allocation).
+    buffers = {b.data_ptr() for b in staged.buffers}
+    pool.give_back(staged.buffers)
+    with staging(pool) as again:
+        torch.save(state, tmp_path / "staged" / "optimizer.pt")
+    assert {b.data_ptr() for b in again.buffers} <= buffers
+
+
+def test_only_the_staging_thread_is_redirected(tmp_path):
+    other = tmp_path / "other.pt"
+    with staging(HostBufferPool()) as staged:
+        thread = threading.Thread(target=torch.save, args=({"x": torch.ones(3)}, other))
+        thread.start()
+        thread.join()
+        assert other.is_file()  # written at once by the other thread
+        torch.save({"x": torch.ones(3)}, tmp_path / "mine.pt")
+    assert [f.path.name for f in staged.files] == ["mine.pt"] and not (tmp_path / "mine.pt").exists()
+    assert torch.save.__module__ == "torch.serialization"  # put back after the block
+
+
+@pytest.mark.parametrize("per_process,processes,available,fits", [
+    (10, 1, 10, True), (10, 2, 19, False), (3 * 1024 ** 3, 2, 8 * 1024 ** 3, True), (5 * 1024 ** 3, 2, 8 * 1024 ** 3,
+                                                                                      False)])
+def test_host_copy_problem(per_process, processes, available, fits):
+    problem = host_copy_problem(per_process, processes, available)
+    assert (problem is None) == fits
+    if not fits:
+        assert problem.startswith("--async-save: the host copy") and "\n" not in problem
+
+
+def test_async_save_refuses_at_start_when_the_host_copy_cannot_fit(tmp_path):
+    out = tmp_path / "run"
+    result = run_script(TRAIN, "--output-dir", out, *COMMAND, "--async-save",
+                        env={**SUBPROCESS_ENV, "HF_TRAINKIT_HOST_MEMORY_AVAILABLE": "1000"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "--async-save" in line]
+    assert len(errors) == 1 and "GiB is available" in errors[0] and "Traceback" not in result.stderr
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_kill_inside_the_background_write_then_rerun_is_bit_exact(tmp_path, finished_run):
+    """`finished_run` is the same command saved synchronously. The kill lands in the background write of step 4,
+    after training went on to step 5, with optimizer.pt half written: the run resumes from step 2."""
+    out = tmp_path / "run"
+    killed = run_script(KILL_AT, "mid-background-write:4", "--output-dir", out, *COMMAND, "--async-save")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (out / "checkpoint-4" / COMPLETE_MARKER).exists()
+    assert find_resume_checkpoint(out, warn=False) == str(out / "checkpoint-2")
+    # What the writer wrote is what a synchronous save writes.
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
+        assert (out / "checkpoint-2" / name).read_bytes() == (finished_run / "checkpoint-2" / name).read_bytes()
+    again = run_script(TRAIN, "--output-dir", out, *COMMAND, "--async-save")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from" in again.stdout and "checkpoint-2" in again.stdout
+    assert "Waiting for the background write of checkpoint-6 to finish (the end of training)" in again.stdout
+    assert curves(out) == curves(finished_run)
+    assert [(c.name, c.valid) for c in list_checkpoints(out)] == [("checkpoint-2", True), ("checkpoint-4", True),
+                                                                 ("checkpoint-6", True)]
+    for name in ("model.safetensors", "optimizer.pt"):
+        assert (out / "checkpoint-6" / name).read_bytes() == (finished_run / "checkpoint-6" / name).read_bytes()
+    assert (out / "training_complete.json").exists()
+
+
+def test_failed_background_write_is_loud_and_the_next_save_is_synchronous(tmp_path, finished_run):
+    out = tmp_path / "run"
+    result = run_script(KILL_AT, "fail-write:2", "--output-dir", out, *COMMAND, "--async-save", "--save-total-limit", 5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = [line for line in result.stderr.splitlines() if "background write of" in line]
+    assert len(failed) == 1 and "checkpoint-2 failed" in failed[0] and "Is a directory" in failed[0]
+    assert "Saving step 4 synchronously: the last background write failed" in result.stderr
+    infos = {c.name: c for c in list_checkpoints(out)}
+    assert "checkpoint-2" not in infos or not infos["checkpoint-2"].valid  # never marked complete
+    assert infos["checkpoint-4"].valid and infos["checkpoint-6"].valid
+    marker = json.loads((out / "checkpoint-6" / COMPLETE_MARKER).read_text())
+    assert marker["reason"] == "final"
+    assert curves(out) == curves(finished_run)  # the failure changed nothing about training
