@@ -4,6 +4,7 @@ from .callback_group import CallbackGroup
 from .checkpoint_manager import CheckpointManagerCallback
 from .checkpoint_policy import CheckpointPolicyCallback
 from .diagnostics import TrainingDiagnosticsCallback
+from .every_n import EveryNStepsCallback, LogWindow
 from .early_stopping import MetricEarlyStoppingCallback, MonitorNotLoggedError, StoppingCheck
 from .live_control import LiveControlCallback
 from .live_log import LiveLogCallback, reconcile_live_log
@@ -17,8 +18,10 @@ __all__ = [
     "CallbackGroup",
     "CheckpointManagerCallback",
     "CheckpointPolicyCallback",
+    "EveryNStepsCallback",
     "LiveControlCallback",
     "LiveLogCallback",
+    "LogWindow",
     "LossCurveCallback",
     "MetricEarlyStoppingCallback",
     "MonitorNotLoggedError",

@@ -1,23 +1,20 @@
-"""W&B logging every N steps, aggregating the window instead of dropping steps."""
+"""W&B logging every N steps, aggregating the window instead of dropping steps (the window rule of
+`callbacks.every_n`, which the other trackers get through `EveryNStepsCallback`)."""
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 
 from transformers.utils import logging
 
 from ..constants import WANDB_RUN_ID_FILE
-from ..metric_rules import is_eval_key
+from .every_n import LAST_VALUE_KEYS, SUM_SUFFIXES, aggregate_window, is_passed_through  # noqa: F401 (re-exported)
 from .stateful import StatefulCallback
 
 
 logger = logging.get_logger(__name__)
 
-# Keys whose window value is the last one (a position or a schedule value), and keys that are counts (summed).
-LAST_VALUE_KEYS = ("learning_rate", "epoch", "num_tokens", "total_flos", "num_input_tokens_seen")
-SUM_SUFFIXES = ("_samples",)
 # Namespaces that keep their own name in W&B (the mode metrics), as DESIGN.md fixes them.
 KEPT_PREFIXES = ("grpo/", "psr/", "nsr/", "w_reinforce/", "eval/")
 STEP_METRIC = "train/global_step"
@@ -32,29 +29,6 @@ def wandb_key(key: str) -> str:
     if key.startswith("test_"):
         return f"test/{key[len('test_'):]}"
     return f"train/{key}"
-
-
-def aggregate_window(window: dict[str, list[float]]) -> dict[str, float]:
-    """One record from the logs of a window: mean, except last value for positions/schedules and sum for counts.
-
-    Non-finite values are left out of a mean (a single NaN would hide the window); a window of only non-finite
-    values gives that value, so a divergence still shows.
-    """
-    record = {}
-    for key, values in window.items():
-        if not values:
-            continue
-        if key.endswith(LAST_VALUE_KEYS):
-            record[key] = values[-1]
-            continue
-        finite = [v for v in values if math.isfinite(v)]
-        if not finite:
-            record[key] = values[-1]
-        elif key.endswith(SUM_SUFFIXES):
-            record[key] = float(sum(finite))
-        else:
-            record[key] = sum(finite) / len(finite)
-    return record
 
 
 class WandbEveryNCallback(StatefulCallback):
@@ -161,8 +135,7 @@ class WandbEveryNCallback(StatefulCallback):
         if not state.is_world_process_zero or self._disabled or not logs:
             return
         numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if any(is_eval_key(key) or key.startswith("test_") for key in numbers) or "train_runtime" in numbers:
-            # Evaluations and the final summary are rare: they go out as they come, not averaged.
+        if is_passed_through(numbers):  # the rule every tracker shares (callbacks.every_n.LogWindow)
             if self._run is not None:
                 try:
                     self._run.log({**{wandb_key(k): v for k, v in numbers.items()}, STEP_METRIC: state.global_step})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from itertools import groupby
 from functools import partial
@@ -414,7 +415,9 @@ def default_label(path: Path) -> str:
 
 
 def load_run(run: str | Path, label: str | None = None) -> RunHistory:
-    """Load RUN: a `trainer_state.json`, a checkpoint dir, or an output dir (its newest state by global step).
+    """Load RUN: a `trainer_state.json`, a checkpoint dir, or an output dir (its newest state by global step); or
+    another tracker's run (TensorBoard event files, a W&B run, a Trackio project: see `hf_trainkit.trackers`), or a
+    folder holding one.
 
     Raises:
         MonitorInputError: a one-line reason the run cannot be read.
@@ -423,6 +426,10 @@ def load_run(run: str | Path, label: str | None = None) -> RunHistory:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if isinstance(run, str) and run.startswith("trackio:") and not os.path.exists(run):
+            from .tracker_runs import load_tracker_run  # another tracker's run (hf_trainkit.trackers)
+
+            return load_tracker_run(run, label)
         return _load_run(Path(run), label)
     except OSError as error:  # permission denied on a folder, a vanished file ...
         raise MonitorInputError(f"{run}: cannot read ({error.strerror or error}).") from None
@@ -432,9 +439,15 @@ def load_run(run: str | Path, label: str | None = None) -> RunHistory:
 
 
 def _load_run(path: Path, label: str | None) -> RunHistory:
-    label = label or default_label(path)
+    from . import tracker_runs  # another tracker's run (hf_trainkit.trackers): the same RunHistory
+
     if path.is_file():
-        return read_state_file(path, label)
+        if tracker_runs.is_tracker_file(path):
+            return tracker_runs.load_tracker_run(path, label)
+        return read_state_file(path, label or default_label(path))
+    if not path.exists() and tracker_runs.is_db_run_spec(path):
+        return tracker_runs.load_tracker_run(path, label)
+    given_label, label = label, label or default_label(path)
     if path.is_symlink() and not path.exists():
         raise MonitorInputError(f"{path}: a broken symlink or a symlink loop.")
     if not path.exists():
@@ -446,10 +459,13 @@ def _load_run(path: Path, label: str | None) -> RunHistory:
     if (path / LIVE_LOG_FILE).is_file():
         candidates.append(path / LIVE_LOG_FILE)
     if not candidates:
+        if tracker_runs.holds_tracker_run(path):
+            return tracker_runs.load_tracker_run(path, given_label)
         raise MonitorInputError(
             f"no {TRAINER_STATE_NAME} in {path} or its checkpoint-* folders; pass an output dir, a checkpoint dir or "
             f"a {TRAINER_STATE_NAME} file."
         )
+    tracker_runs.say_trackers_also_there(path)
     # Furthest along wins (the live log while a run goes on, or after it died before saving); on a tie prefer a
     # trainer_state.json, the output dir's own first (written last, at the end of training).
     def rank(history: RunHistory):
