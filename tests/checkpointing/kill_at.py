@@ -11,7 +11,8 @@ no handler, no cleanup) at POINT near the end of training, so that a test can la
                      only node by default): its files are written, its completion marker is not
     mid-background-write:STEP
                      (--async-save) the background write of step STEP cut short once training has gone on to step
-                     STEP + 1: `optimizer.pt` left at half its bytes (the rank that KILL_RANK names, 0 by default)
+                     STEP + 1: the optimizer file (`optimizer.pt`, or under ZeRO-3 the rank's `*optim_states.pt`
+                     shard) left at half its bytes, on the rank that KILL_RANK names (0 by default)
     fail-write:STEP  (--async-save) the background write of step STEP fails: `optimizer.pt` of checkpoint-STEP is
                      made a folder before the write (the file cannot be written: a real IsADirectoryError)
 """
@@ -65,7 +66,7 @@ def cut_background_write_short(step: int) -> TrainerCallback:
     went_on, write = TrainingWentOn(step + 1), async_save.StagedFile.write
 
     def write_then_die(self, torch_save, safetensors_save):
-        if self.path.parent.name == f"checkpoint-{step}" and self.path.name == "optimizer.pt" \
+        if f"checkpoint-{step}" in self.path.parts and self.path.name.endswith(("optimizer.pt", "optim_states.pt")) \
                 and os.environ.get("RANK", "0") == os.environ.get("KILL_RANK", "0"):
             assert went_on.reached.wait(timeout=120), "training did not go on during the background write"
             write(self, torch_save, safetensors_save)
