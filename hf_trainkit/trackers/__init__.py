@@ -91,6 +91,9 @@ def find_tracker_run(path: str | Path) -> FoundRun | None:
             return FoundRun(WANDB, path, [path])
         if trackio_store.is_trackio_db(path):
             return FoundRun(TRACKIO, path, [path])
+        if path.suffix == trackio_store.DB_SUFFIX:
+            raise TrackerInputError(f"{path}: not a readable Trackio database (corrupt, or a SQLite file without "
+                                    "trackio's 'metrics' table).")
         return None
     if path.is_dir():
         found = tracker_runs_in(path)

@@ -112,6 +112,8 @@ def resumed(entries: list[dict]) -> list[dict]:
 
 def describe_renames(renamed: dict[str, str], limit: int = 6) -> str:
     """``train/loss → loss, eval/loss → eval_loss, ... (and 4 more)``: the mapping in one line."""
-    pairs = sorted(renamed.items(), key=lambda item: (not item[0].startswith("train/loss"), item[0]))
+    first = ("train/loss", "train/reward", "eval/loss", "train/learning_rate", "train/grad_norm")
+    pairs = sorted(renamed.items(), key=lambda item: (first.index(item[0]) if item[0] in first else len(first),
+                                                      item[0]))
     shown = ", ".join(f"{old} → {new}" for old, new in pairs[:limit])
     return shown + (f" (and {len(pairs) - limit} more)" if len(pairs) > limit else "")

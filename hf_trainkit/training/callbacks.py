@@ -20,6 +20,19 @@ def _as_flags(message: str) -> str:
     return message
 
 
+def log_every(options: argparse.Namespace) -> int | None:
+    """Steps per tracker record: `--log-every N`, for which `--wandb-every N` is an alias; None: every log."""
+    return getattr(options, "log_every", None) or options.wandb_every
+
+
+def windowed_trackers(options: argparse.Namespace) -> list[str]:
+    """The trackers of `--report-to` other than W&B (which `WandbEveryNCallback` owns) that get one record every
+    `log_every` steps through `EveryNStepsCallback`; none without `--log-every`/`--wandb-every`."""
+    if not log_every(options):
+        return []
+    return [name for name in options.report_to if name not in ("none", "wandb")]
+
+
 def build_callbacks(options: argparse.Namespace, node_layout=None) -> list:
     """The callbacks `options` ask for; `node_layout` (a multi-node job) gives a disk per node its own mirror."""
     from ..callbacks import (CheckpointPolicyCallback, LiveControlCallback, LiveLogCallback, LossCurveCallback,
@@ -50,13 +63,22 @@ def build_callbacks(options: argparse.Namespace, node_layout=None) -> list:
     callbacks.append(LiveControlCallback(port=options.control_port, host=options.control_host,
                                          watch_requests=not options.no_live_control))
     callbacks.append(LiveLogCallback())  # logs/log_history.jsonl: what the dashboard and the monitor watch live
+    every = log_every(options)
     if options.wandb_every is not None or "wandb" in options.report_to:
         try:
-            callbacks.append(WandbEveryNCallback(options.wandb_every or 1, project=options.wandb_project,
+            callbacks.append(WandbEveryNCallback(every or 1, project=options.wandb_project,
                                                  run_name=options.run_name, group=options.wandb_group,
                                                  tags=options.wandb_tags))
         except ImportError as error:
             raise UsageError(f"--wandb-every/--report-to wandb: {error}") from None
+    windowed = windowed_trackers(options)
+    if windowed:  # the same window for TensorBoard, Trackio, MLflow ... (they are kept out of report_to)
+        from ..callbacks import EveryNStepsCallback
+
+        try:
+            callbacks.append(EveryNStepsCallback(windowed, every_n_steps=every))
+        except (ImportError, RuntimeError, ValueError) as error:
+            raise UsageError(f"--report-to {' '.join(windowed)}: {error}") from None
     if not options.no_loss_curve:
         callbacks.append(LossCurveCallback())
     if not options.no_diagnostics:

@@ -261,7 +261,8 @@ def build_config(options: argparse.Namespace):
         log_completions=options.log_completions,
         # W&B is owned by WandbEveryNCallback (see build_callbacks): keeping "wandb" out of report_to stops both
         # transformers' per-step WandbCallback and TRL's per-call profiling records.
-        report_to=[r for r in options.report_to if r not in ("none", "wandb")],
+        # With --log-every/--wandb-every, EveryNStepsCallback owns the other trackers too (the same window).
+        report_to=[r for r in options.report_to if r not in ("none", "wandb", *windowed_trackers(options))],
         restore_callback_states_from_checkpoint=True,
         run_name=options.run_name,
         save_on_each_node=options.save_on_each_node,
@@ -274,6 +275,12 @@ def build_config(options: argparse.Namespace):
             settings[name] = getattr(options, name)
     settings.update(config_overrides(options.config_overrides, set(settings)))
     return FilteredGRPOConfig(**settings)
+
+
+def windowed_trackers(options: argparse.Namespace) -> list[str]:
+    from .callbacks import windowed_trackers as trackers
+
+    return trackers(options)
 
 
 def config_overrides(pairs: list[str], taken: set[str]) -> dict:
