@@ -14,6 +14,9 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing torch
 COMPLETE_MARKER = "hf_trainkit_complete.json"
 STALE_MARKER = "hf_trainkit_complete.stale.json"  # a marker taken away while its checkpoint is saved again
+# Written first into a checkpoint saved in the background (--async-save), taken away just before its marker: until
+# then the folder is incomplete, whatever files it already holds (DeepSpeed's `latest` is written before the shards).
+WRITING_MARKER = "hf_trainkit_writing.json"
 UNLOADABLE_MARKER = "hf_trainkit_unloadable.json"  # a checkpoint whose load failed at a resume: skipped after
 SUPERSEDED_DIR = "superseded"  # checkpoints of another timeline, moved aside (never deleted)
 

@@ -16,11 +16,11 @@ from transformers.utils import logging
 from ..checkpointing.discover import list_checkpoints
 from ..checkpointing.finished import write_training_complete
 from ..checkpointing.marker import (BackgroundChecksums, IncompleteCheckpointError, invalidate_marker, read_marker,
-                                    write_complete_marker, write_deepspeed_latest)
+                                    write_complete_marker, write_deepspeed_latest, write_json_atomically)
 from ..checkpointing.policy import pinned_names
 from ..checkpointing.rotate import checkpoints_to_delete, counting_only_complete_everywhere
 from ..checkpointing.save_request import REASONS, SaveRequest, pop_save_request, saving_enabled, was_preempted
-from ..constants import COMPLETE_MARKER, STALE_MARKER, TRAINING_COMPLETE, checkpoint_dir
+from ..constants import COMPLETE_MARKER, STALE_MARKER, TRAINING_COMPLETE, WRITING_MARKER, checkpoint_dir
 from ..distributed import barrier
 
 
@@ -178,6 +178,11 @@ class CheckpointManagerCallback(TrainerCallback):
                           f"failed ({writer.failed}).", file=sys.stderr, flush=True)
                 writer.clear_failure()
                 return save_checkpoint(*args, **kwargs)
+            if trainer.args.should_save:  # first into the folder: incomplete until the writer's marker
+                folder = checkpoint_dir(trainer.args.output_dir, trainer.state.global_step)
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json_atomically(folder / WRITING_MARKER, {"step": trainer.state.global_step,
+                                                                "started_at": time.time()})
             with staging(writer.pool) as staged:
                 save_checkpoint(*args, **kwargs)
             manager._staged = staged
@@ -232,6 +237,10 @@ class CheckpointManagerCallback(TrainerCallback):
         from ..checkpointing.async_save import WriteJob
 
         self._writer.submit(WriteJob(checkpoint, staged, finish))
+        if request is not None and "manual" in request.reasons:
+            # A requested save (`hf-trainkit control save`, the dashboard, SIGUSR1) is answered at the next step by
+            # whether its marker exists: finish it first. Every rank has the request (live control agrees on it).
+            self._writer.wait()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._invalidated:
@@ -300,6 +309,7 @@ class CheckpointManagerCallback(TrainerCallback):
                 from ..checkpointing.async_save import fsync_tree
 
                 fsync_tree(checkpoint)
+                (checkpoint / WRITING_MARKER).unlink(missing_ok=True)
             marker = write_complete_marker(
                 checkpoint, metadata, world_size=world_size,
                 save_only_model=bool(getattr(args, "save_only_model", False)),

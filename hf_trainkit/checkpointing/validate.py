@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..constants import (CHECKPOINT_PATTERN, COMPLETE_MARKER, STALE_MARKER, TRAINER_STATE_NAME,  # noqa: F401
-                         TRAINING_COMPLETE, UNLOADABLE_MARKER)
+                         TRAINING_COMPLETE, UNLOADABLE_MARKER, WRITING_MARKER)
 
 
 from .integrity import WEIGHT_FILES, WEIGHT_INDEXES  # noqa: E402
@@ -268,6 +268,8 @@ def _inspect(path: Path, match, info: CheckpointInfo, compute_size: bool, verify
         problem = _check_manifest(path, marker, verify)
     elif (path / STALE_MARKER).exists():
         return "being saved again (its earlier marker was taken away first): incomplete"
+    elif (path / WRITING_MARKER).exists():
+        return "being written in the background (--async-save), or cut short while it was: incomplete"
     else:
         problem = _check_without_marker(path)
     if not problem and verify:

@@ -96,6 +96,7 @@ def test_kill_inside_the_background_write_then_rerun_is_bit_exact(tmp_path, fini
     killed = run_script(KILL_AT, "mid-background-write:4", "--output-dir", out, *COMMAND, "--async-save")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (out / "checkpoint-4" / COMPLETE_MARKER).exists()
+    assert "being written in the background" in list_checkpoints(out)[1].reason
     assert find_resume_checkpoint(out, warn=False) == str(out / "checkpoint-2")
     # What the writer wrote is what a synchronous save writes.
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
@@ -125,3 +126,33 @@ def test_failed_background_write_is_loud_and_the_next_save_is_synchronous(tmp_pa
     marker = json.loads((out / "checkpoint-6" / COMPLETE_MARKER).read_text())
     assert marker["reason"] == "final"
     assert curves(out) == curves(finished_run)  # the failure changed nothing about training
+
+
+@pytest.mark.slow
+def test_control_save_and_stop_with_async_saves(tmp_path):
+    """A named save asked for live is answered 'done' (its marker is written before the answer: a background
+    write would not have it yet at the next step), and after `control stop` the newest checkpoint is complete."""
+    import subprocess
+    import sys
+
+    from .test_live_control import ENV, control, wait_for_status
+
+    out = tmp_path / "live"
+    command = [sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(out), "--max-steps", "5000",
+               "--save-steps", "3", "--save-total-limit", "2", "--quiet", "--no-loss-curve", "--no-diagnostics",
+               "--async-save"]
+    with open(tmp_path / "training.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV)
+        try:
+            wait_for_status(out, process)
+            saved = control("save", out, "--name", "look")
+            assert saved.returncode == 0, saved.stderr
+            named = [c for c in list_checkpoints(out) if c.marker.get("name") == "look"]
+            assert len(named) == 1 and named[0].valid and named[0].marker["pinned"]
+            assert control("stop", out).returncode == 0
+            assert process.wait(timeout=120) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    newest = list_checkpoints(out)[-1]
+    assert newest.valid and find_resume_checkpoint(out, warn=False) == str(newest.path)
