@@ -37,7 +37,8 @@ def test_zero3_async_kill_inside_the_background_write_and_another_process_count(
     saved = list_checkpoints(out)[0]
     assert [f for f in saved.marker["files"] if "optim_states" in f].__len__() == 2  # both ranks' shards, listed
     for name, size in saved.marker["files"].items():  # each rank's shard as a synchronous save writes it
-        assert (reference / "checkpoint-2" / name).stat().st_size == size, name
+        if name.endswith((".pt", ".safetensors")):  # (trainer_state.json holds step times)
+            assert (reference / "checkpoint-2" / name).stat().st_size == size, name
     two_to_one_from_async = keep_only(out, tmp_path / "async-2to1", 2)
     again = run(zero3(2, *COMMAND, "--output-dir", out, "--async-save"))
     assert "Resuming from" in again.stdout and "checkpoint-2" in again.stdout
