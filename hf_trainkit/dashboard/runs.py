@@ -112,12 +112,15 @@ class RunData:
         # only when one of them changed (a `stat` each otherwise).
         from ..monitor.load import MonitorInputError, load_run
 
-        signature = _state_files(self.path)
+        signature = _state_files(self.path) or _tracker_files(self.path)
         if signature == self._identity:
             return
         try:
             run = load_run(self.path, self.label)
-            history = json_loads(run.source.read_bytes()).get("log_history") or []
+            # another tracker's run (TensorBoard, W&B, Trackio) comes with its entries; else the JSON it was read from
+            history = getattr(run, "entries", None)
+            if history is None:
+                history = json_loads(run.source.read_bytes()).get("log_history") or []
         except (MonitorInputError, OSError, ValueError, RecursionError, AttributeError):
             return
         self._reset()
@@ -279,10 +282,22 @@ def _mtime(path: Path) -> int:
         return 0
 
 
+def _tracker_files(run: Path) -> tuple:
+    """(path, mtime, size) of the files of another tracker's run at `run` (event files, W&B run files, a Trackio
+    database and its write-ahead log): what says it changed."""
+    from ..monitor.tracker_runs import tracker_files
+
+    return tracker_files(run)
+
+
 def is_run_dir(path: Path) -> bool:
     """Whether `path` looks like an output dir a dashboard can show: a live log, a trainer_state.json, a
-    checkpoint, a live-control status or a completion marker."""
+    checkpoint, a live-control status or a completion marker; or another tracker's run (TensorBoard event files,
+    a W&B run, a Trackio database) or a folder holding one."""
     from ..constants import CONTROL_DIR, STATUS_FILE
+
+    if _tracker_files(path):
+        return True
 
     try:
         return path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()

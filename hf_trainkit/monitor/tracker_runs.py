@@ -111,4 +111,36 @@ def load_tracker_run(path: str | Path, label: str | None) -> RunHistory:
         label = _default_label(Path(text.split(":")[0]), run.name)
     history = parse_state({"log_history": run.entries, "global_step": global_step(run.entries)}, run.source, label)
     history.state["tracker"] = run.kind
+    history.entries = run.entries  # the dashboard's columns are built from entries (as from a live log)
     return history
+
+
+def tracker_files(path: Path) -> tuple:
+    """(path, mtime_ns, size) of the files holding the tracker run at `path` (a file, or a folder holding one;
+    none for a trainer_state.json output dir), sorted: a signature that changes when the run logs more."""
+    from ..trackers import find_tracker_run
+
+    path = Path(path)
+    try:
+        if path.is_dir() and (path / TRAINER_STATE_NAME).is_file():
+            return ()
+        found = find_tracker_run(path)
+    except (OSError, ValueError):
+        return ()
+    if found is None:
+        return ()
+    if found.kind == "TensorBoard":
+        files = [p for part in found.parts for p in (part.iterdir() if part.is_dir() else [part])]
+    elif found.kind == "Trackio":
+        db = found.parts[0]
+        files = [db, db.with_name(db.name + "-wal")]
+    else:
+        files = list(found.parts) or [found.where]
+    signature = []
+    for file in files:
+        try:
+            info = file.stat()
+        except OSError:
+            continue
+        signature.append((str(file), info.st_mtime_ns, info.st_size))
+    return tuple(sorted(signature))

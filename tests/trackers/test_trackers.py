@@ -219,3 +219,16 @@ def test_train_script_sends_tensorboard_and_wandb_one_record_every_n_steps(tmp_p
         assert run.train["reward"].steps == [3, 6], place
         for value, window in zip(run.train["reward"].values, (rewards[:3], rewards[3:])):
             assert math.isclose(value, sum(window) / 3, rel_tol=1e-6, abs_tol=1e-7), place
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb", "trackio"])
+def test_the_dashboard_shows_a_trackers_run_as_its_trainer_state(logged_run, kind):
+    from hf_trainkit.dashboard.runs import RunData, is_run_dir
+
+    path = tracker_paths(logged_run)[kind]
+    assert is_run_dir(path)
+    run = RunData(path, kind)
+    run.load()
+    expected = state_series(logged_run)["loss"]
+    assert run.columns.steps("loss").tolist() == [step for step, _ in expected]
+    assert run.columns.values("loss").tolist() == pytest.approx([value for _, value in expected], rel=1e-6)
