@@ -72,7 +72,7 @@ def measure(kind: str, steps: int, warmup: int) -> tuple[float, float, float]:
                                        LossCurveCallback, MetricEarlyStoppingCallback, TrainingDiagnosticsCallback,
                                        WandbEveryNCallback)
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
-    from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer, digit_rule_reward
+    from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, build_toy_tokenizer, digit_rule_reward
 
     clock = StepClock()
     callbacks = [clock]

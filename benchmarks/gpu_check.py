@@ -26,7 +26,7 @@ def build_model_dir(directory: str, hidden: int, layers: int) -> str:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from hf_trainkit.toy import build_toy_tokenizer
+    from hf_trainkit.tasks.digit import build_toy_tokenizer
 
     if os.path.isfile(os.path.join(directory, "config.json")):
         return directory
@@ -59,7 +59,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
-    from hf_trainkit.toy import build_toy_dataset
+    from hf_trainkit.tasks.digit import build_toy_dataset
 
     settings = dict(output_dir=os.path.join(os.path.dirname(options.out), f"run-{options.trainer}"),
                     max_steps=options.steps, per_device_train_batch_size=options.batch_size, num_generations=8,

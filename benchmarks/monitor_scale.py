@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     import numpy  # noqa: F401  (imported once up front, as the monitor command does, not inside the first timing)
 
     from hf_trainkit.monitor import load, summary
-    from hf_trainkit.monitor.command import monitor_command_parser, render
+    from hf_trainkit.commands.monitor import monitor_command_parser, render
     from hf_trainkit.monitor.load import load_run
     from hf_trainkit.monitor.summary import summarize
 

@@ -119,7 +119,7 @@ def build_trainer(kind: str, options, output_dir: str, model_kind: str = "text",
                                vision_hidden_size=options.hidden_size // 2, vision_depth=options.layers, seed=0)
         dataset, processing_class = build_chart_dataset(64, seed=0, image_size=VLM_IMAGE_SIZE), processor
     else:
-        from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer
+        from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, build_toy_tokenizer
 
         processing_class = build_toy_tokenizer()
         model = build_tiny_model(processing_class, hidden_size=options.hidden_size, num_layers=options.layers, seed=0)
@@ -444,7 +444,7 @@ def vllm_step_table(options) -> int:
 
     from hf_trainkit.library_noise import filter_library_noise
     from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
-    from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer
+    from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, build_toy_tokenizer
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "rl"))
     from vllm_stand_ins import install_colocate_weight_reload, share_one_engine  # noqa: E402

@@ -9,69 +9,46 @@ import argparse
 import sys
 
 
-def _run_train_grpo(rest: list[str]) -> int:
-    from .commands.train_grpo import main
+def _runner(module: str, **fixed):
+    """main(argv) of `hf_trainkit.commands.<module>`, imported only when the command runs."""
 
-    return main(rest, prog="hf-trainkit train-grpo")
+    def run(rest: list[str]) -> int:
+        from importlib import import_module
 
+        return import_module(f".commands.{module}", __package__).main(rest, **fixed)
 
-def _run_monitor(rest: list[str]) -> int:
-    from .monitor.command import main
-
-    return main(rest)
-
-
-def _run_checkpoints(rest: list[str]) -> int:
-    from .checkpointing.command import main
-
-    return main(rest)
+    return run
 
 
-def _run_control(rest: list[str]) -> int:
-    from .checkpointing.control_command import main
-
-    return main(rest)
-
-
-def _run_dashboard(rest: list[str]) -> int:
-    from .dashboard.command import main
-
-    return main(rest)
-
-
-def _run_eval(rest: list[str]) -> int:
-    from .eval.command import main
-
-    return main(rest)
-
-
-def _run_demo(rest: list[str]) -> int:
-    from .demo import main
-
-    return main(rest)
-
-
-# name -> (help, runner taking the remaining argv). The runners own their flags and their --help.
+# name -> (help, runner taking the remaining argv). Every program is one module of hf_trainkit/commands/, which owns
+# its flags and its --help.
 COMMANDS = {
-    "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (same flags as scripts/train_grpo.py)", _run_train_grpo),
-    "monitor": ("plot one run or compare many from trainer_state.json, with a diagnosis", _run_monitor),
-    "checkpoints": ("find, list and inspect checkpoints: latest DIR | list DIR | inspect CKPT", _run_checkpoints),
-    "control": ("act on a running training: save [--name N] RUN_DIR | stop RUN_DIR | status RUN_DIR", _run_control),
-    "dashboard": ("a live page of one training or several: curves, diagnostics, checkpoints, Save and Stop",
-                  _run_dashboard),
-    "eval": ("pass@k, entropy and coverage of saved checkpoints or runs (and their base model)", _run_eval),
-    "demo": ("train the four modes briefly on the built-in toy task and compare them", _run_demo),
+    "train-grpo": ("train with GRPO, PSR, NSR or W-REINFORCE (the flags of scripts/train_grpo.py)",
+                   _runner("train_grpo", prog="hf-trainkit train-grpo")),
+    "monitor": ("plot one run or compare many, with a diagnosis of each curve", _runner("monitor")),
+    "checkpoints": ("find, list and inspect checkpoints: latest DIR | list DIR | inspect CKPT", _runner("checkpoints")),
+    "control": ("act on a running training: save [--name N] RUN | stop RUN | status RUN",
+                _runner("control")),
+    "dashboard": ("a live page of trainings: curves, diagnosis, checkpoints, Save and Stop",
+                  _runner("dashboard")),
+    "eval": ("pass@k, entropy and coverage of checkpoints or runs (and their base model)", _runner("eval")),
+    "demo": ("train the four modes briefly on the built-in toy task and compare them", _runner("demo")),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-trainkit", description="hf_trainkit command line.")
+    # One line per program (argparse would wrap a long name onto two), in the order of COMMANDS.
+    width = max(len(name) for name in COMMANDS) + 3
+    listing = "\n".join(f"  {name:<{width}}{help_text}" for name, (help_text, _) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="hf-trainkit", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"hf_trainkit command line.\n\ncommands (hf-trainkit COMMAND --help for one's flags):\n{listing}")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"hf_trainkit {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
-        subparsers.add_parser(name, help=help_text, add_help=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands above")
+    for name in COMMANDS:
+        subparsers.add_parser(name, add_help=False)
     return parser
 
 

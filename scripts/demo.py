@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train GRPO, PSR, NSR and W-REINFORCE briefly on the built-in toy task (CPU) and compare their rewards."""
 
-from hf_trainkit.demo import main
+from hf_trainkit.commands.demo import main
 
 
 if __name__ == "__main__":

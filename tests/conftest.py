@@ -34,7 +34,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def toy_tokenizer():
-    from hf_trainkit.toy import build_toy_tokenizer
+    from hf_trainkit.tasks.digit import build_toy_tokenizer
 
     return build_toy_tokenizer()
 
@@ -48,7 +48,7 @@ def make_trainer(tmp_path, toy_tokenizer):
         from trl import GRPOConfig
 
         from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer
-        from hf_trainkit.toy import build_tiny_model, build_toy_dataset, digit_rule_reward
+        from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, digit_rule_reward
 
         trainer_cls = trainer_cls or FilteredGRPOTrainer
         config_cls = config_cls or FilteredGRPOConfig

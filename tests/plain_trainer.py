@@ -18,7 +18,7 @@ def build_plain_trainer(output_dir, *, max_steps=12, save_steps=2, eval_steps=No
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer
+    from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, build_toy_tokenizer
 
     tokenizer = build_toy_tokenizer()
     # "rule = answer" sentences: a language the model can learn, so losses move.

@@ -36,7 +36,7 @@ def test_snake_case_aliases_and_no_checkpoints(tmp_path):
 
 def test_saved_model_directory_and_dataset_file(tmp_path, toy_tokenizer):
     """A model given by path and a dataset given as a .jsonl file take the same path as a hub model would."""
-    from hf_trainkit.toy import build_tiny_model
+    from hf_trainkit.tasks.digit import build_tiny_model
 
     model_dir = tmp_path / "tiny-model"
     build_tiny_model(toy_tokenizer, seed=1).save_pretrained(model_dir)
@@ -304,7 +304,7 @@ def test_the_missing_keys_filter_drops_only_tied_weights_that_were_loaded(toy_to
     import logging
 
     from hf_trainkit.library_noise import expect_tied_weights, filter_library_noise
-    from hf_trainkit.toy import build_tiny_model
+    from hf_trainkit.tasks.digit import build_tiny_model
 
     filter_library_noise()
     model = build_tiny_model(toy_tokenizer, seed=0)
@@ -388,7 +388,7 @@ def test_a_terminal_still_gets_the_progress_bar(tmp_path):
 def test_the_demo_says_what_the_benchmark_measures_and_when_a_pass_at_k_fell():
     import importlib.util
 
-    from hf_trainkit import demo
+    from hf_trainkit.commands import demo
 
     spec = importlib.util.spec_from_file_location("paper_fidelity", ROOT / "benchmarks" / "paper_fidelity.py")
     benchmark = importlib.util.module_from_spec(spec)

@@ -13,8 +13,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..checkpointing.control import (ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
-                                     reject_pending, reject_queued, write_response, write_status, write_token)
+from ..control import (ControlError, RequestQueue, RequestWatcher, prepare_control_dir,
+                                     reject_pending, reject_queued, release_name, write_response, write_status,
+                                     write_token)
 from ..checkpointing.marker import read_marker
 from ..constants import TOKEN_FILE, checkpoint_dir
 from ..checkpointing.save_request import mark_preempted, request_save, saving_enabled
@@ -112,7 +113,7 @@ class LiveControlCallback(TrainerCallback):
         self._write_status(args, state, "running", force=True)
 
     def _start_server(self, args):
-        from ..checkpointing.control_server import ControlServer
+        from ..control.server import ControlServer
 
         try:
             token = write_token(args.output_dir)
@@ -203,6 +204,8 @@ class LiveControlCallback(TrainerCallback):
             else:
                 self._respond(args, request, request["step"], status="failed",
                               error=f"{checkpoint} was not completed")
+                if request.get("name"):
+                    release_name(args.output_dir, request["name"])  # it can be asked for again
         self._awaiting = [r for r in self._awaiting if r not in done]
 
     def _respond(self, args, request: dict, step: int, **outcome):

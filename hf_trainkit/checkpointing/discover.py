@@ -81,3 +81,15 @@ def read_training_complete(output_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def checkpoint_names(run_dir: str | os.PathLike) -> dict[str, str]:
+    """name -> checkpoint folder, for the named checkpoints of `run_dir`."""
+    return {info.marker["name"]: info.name for info in list_checkpoints(run_dir) if info.marker.get("name")}
+
+
+def checkpoint_table(run_dir: str | os.PathLike) -> list[dict]:
+    """The checkpoints of `run_dir` as plain data (for `status` and `GET /checkpoints`)."""
+    return [{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"), "reason": i.marker.get("reason"),
+             "pinned": bool(i.marker.get("pinned")), "metrics": i.metrics, "valid": i.valid,
+             "why_not": i.reason or None} for i in list_checkpoints(run_dir)]

@@ -33,7 +33,7 @@ def resume_point(options: argparse.Namespace, config, steps=None) -> tuple[bool,
 
 def _resume_point(options: argparse.Namespace, config, steps=None) -> tuple[bool, str | None]:
     from . import find_resume_checkpoint, read_training_complete
-    from .control import checkpoint_names
+    from .discover import checkpoint_names
 
     if options.no_resume:
         return False, None

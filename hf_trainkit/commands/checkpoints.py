@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checkpoints_command(args) -> int:
-    from .discover import find_resume_checkpoint, list_checkpoints
-    from .validate import inspect_checkpoint
+    from ..checkpointing.discover import find_resume_checkpoint, list_checkpoints
+    from ..checkpointing.validate import inspect_checkpoint
 
     if args.action == "inspect":
         path = Path(args.checkpoint)
@@ -108,7 +108,7 @@ def checkpoints_command(args) -> int:
 
 def nodes_record(checkpoint: Path) -> dict | None:
     """What a node's part of a checkpoint recorded about every node's part (`hf_trainkit_nodes.json`), or None."""
-    from .nodes import NODES_RECORD
+    from ..checkpointing.nodes import NODES_RECORD
 
     try:
         record = json.loads((Path(checkpoint) / NODES_RECORD).read_bytes())

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from ..argparsing import report_error
-from .command import format_number
-from .control import (ControlError, checkpoint_table, process_gone, read_response, read_status, settle_queue,
+from .checkpoints import format_number
+from ..checkpointing.discover import checkpoint_table
+from ..control import (ControlError, is_running, process_gone, read_response, read_status, settle_queue,
                       submit_request)
 
 
@@ -57,7 +58,7 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         last = status.get("last_metrics") if isinstance(status.get("last_metrics"), dict) else {}
         metrics = " ".join(f"{k}={format_number(last[k])}" for k in headline_metrics(last))
         state = status.get("state")
-        if state == "running" and _gone(status):
+        if state == "running" and process_gone(status):
             state = "gone (its process no longer exists: killed or crashed; last seen"
             where = f") at step {status.get('step')}/{status.get('max_steps')}"
         else:
@@ -76,16 +77,6 @@ def _print_status(run_dir: Path, status: dict | None, checkpoints: list[dict]):
         metrics = " ".join(f"{k}={format_number(v)}" for k, v in c["metrics"].items() if k in ("loss", "reward", "eval_loss"))
         validity = "valid" if c["valid"] else f"invalid: {c['why_not']}"
         print(f"  {c['checkpoint']:<20} {label}{c['reason'] or '-'} {metrics} ({validity})")
-
-
-def is_running(status: dict | None) -> bool:
-    """Whether `status` describes a training that is running now (as far as this machine can tell)."""
-    return status is not None and status.get("state") == "running" and not _gone(status)
-
-
-def _gone(status: dict) -> bool:
-    """True when the status names a process of this machine that no longer exists (killed, crashed)."""
-    return process_gone(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if status.get("state") != "running":
         return _fail(f"{run_dir}: the training is {status.get('state')} (step {status.get('step')}); nothing "
                      "would apply the request.", 1)
-    if _gone(status):
+    if process_gone(status):
         return _fail(f"{run_dir}: the training (pid {status.get('pid')} on this machine) is no longer running; "
                      "nothing would apply the request.", 1)
     try:

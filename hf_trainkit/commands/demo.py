@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from .rl.advantages import MODES
+from ..rl.advantages import MODES
 
 
 # The demo's vision-language part: the two filtered modes of the paper, briefly.
@@ -29,10 +29,10 @@ def run_demo(output_root: str = "runs/demo", max_steps: int = 200, seed: int = 0
     """Train each mode and return one row per mode: first/last logged reward, pass@1 and pass@16 on the held-out
     prompts before and after training, seconds, run directory. `task` "chart" trains the tiny vision-language model
     on the chart task (runs in OUTPUT_ROOT/chart-MODE)."""
-    from .commands.train_grpo import train_grpo_options
-    from .training.run import run
+    from .train_grpo import train_grpo_options
+    from ..training.run import run
 
-    from .constants import BASE_MODEL_DIR
+    from ..constants import BASE_MODEL_DIR
 
     rows, shared_base = [], None
     for mode in modes:
@@ -83,7 +83,7 @@ def format_table(rows: list[dict]) -> str:
 def fallen_pass_at_k(rows: list[dict], steps: int, key: str = "pass@16") -> str:
     """A word on the modes whose held-out pass@16 fell ("" when none did), with what else was measured (the entropy
     of the first answer token) and how much one held-out chart weighs."""
-    from .tasks.chart import HELDOUT_SIZE
+    from ..tasks.chart import HELDOUT_SIZE
 
     fallen = [row for row in rows if row[key] < row[f"base_{key}"]]
     if not fallen:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         fallen = fallen_pass_at_k(vlm_rows, args.vlm_steps)
         if fallen:
             print(fallen)
-    from .monitor.command import main as monitor_main
+    from .monitor import main as monitor_main
 
     compare_dir = os.path.join(args.output_dir, "compare")
     with contextlib.redirect_stdout(io.StringIO()):

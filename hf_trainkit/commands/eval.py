@@ -113,7 +113,7 @@ def base_target(first: Target) -> Target:
 def load_model(target: Target):
     """(model, tokenizer or processor) of a target; a LoRA adapter on top of the base its run recorded (or its config
     names). A vision-language model comes with its processor, so it is evaluated on the prompts' images."""
-    from ..toy import build_toy_base_from_recipe, build_toy_tokenizer
+    from ..tasks.digit import build_toy_base_from_recipe, build_toy_tokenizer
 
     if target.path is None and target.recipe and "seed" in target.recipe:  # a built-in base rebuilt from its recipe
         if target.recipe.get("builder", "").endswith("build_tiny_vlm"):
@@ -189,7 +189,7 @@ def builtin_task(args, record: dict) -> str | None:
 def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
     """(rows, description) of the prompts to evaluate on."""
     from ..training.inputs import load_prompt_dataset, prepare_image_column
-    from ..toy import build_toy_dataset
+    from ..tasks.digit import build_toy_dataset
 
     if args.dataset is None and not record:
         raise EvalInputError("no evaluation prompts: the model has no run record (hf_trainkit_run.json); pass "
@@ -219,7 +219,7 @@ def evaluation_rows(args, record: dict) -> tuple[list[dict], str]:
 
 
 def generation_config(args, record: dict, tokenizer):
-    from .sampling import sampling_config
+    from ..eval.sampling import sampling_config
 
     recorded = record.get("generation") if isinstance(record.get("generation"), dict) else {}
     max_new_tokens = args.max_new_tokens or recorded.get("max_new_tokens")

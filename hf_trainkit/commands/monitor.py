@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import math
 import os
 import re
 import sys
@@ -13,7 +10,8 @@ import time
 from pathlib import Path
 
 from ..argparsing import OneLineArgumentParser, report_error, run_command
-from .load import MonitorInputError, RunHistory, load_run
+from ..monitor.load import MonitorInputError, expand_runs, load_runs
+from ..monitor.outputs import prepare_output_dir, render
 
 
 PROG = "hf-trainkit monitor"
@@ -67,110 +65,6 @@ def monitor_command_parser(subparsers=None) -> argparse.ArgumentParser:
     if subparsers is not None:
         parser.set_defaults(func=monitor_command)
     return parser
-
-
-def expand_runs(patterns: list[str]) -> list[str]:
-    runs = []
-    for pattern in patterns:
-        if any(char in pattern for char in "*?[") and not os.path.exists(pattern):
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                raise MonitorInputError(f"{pattern}: the pattern matches nothing.")
-            runs.extend(matches)
-        else:
-            runs.append(pattern)
-    return runs
-
-
-class _Progress:
-    """A tqdm bar on stderr for long jobs only; quiet otherwise (and when tqdm is missing)."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
-            except ImportError:
-                self.bar = None
-
-    def __call__(self, count: int = 1):
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def load_runs(paths: list[str], labels: list[str] | None, show_progress: bool) -> tuple[list[RunHistory], list[str]]:
-    runs, errors = [], []
-    progress = _Progress(len(paths), show_progress and len(paths) >= 4, "reading runs")
-    for index, path in enumerate(paths):
-        try:
-            runs.append(load_run(path, labels[index] if labels else None))
-        except MonitorInputError as error:
-            errors.append(str(error))
-        progress()
-    progress.close()
-    return runs, errors
-
-
-def render(runs: list[RunHistory], args, output_dir: Path, show_progress: bool,
-           summaries: list[dict] | None = None) -> list[Path]:
-    from .grouping import group_runs
-    from .plots import write_figures
-    from .report import write_report
-    from .summary import format_ranking, format_summary, ranking, summarize
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    plotted = group_runs(runs, args.group_by) if args.group_by else runs
-    entries = sum(len(s) for run in runs for s in run.train.values())
-    progress = _Progress(8 + len(args.metrics), show_progress and (len(runs) >= 4 or entries > 200_000), "plotting")
-    figures = write_figures(plotted, output_dir, x=args.x, smooth=args.smooth, log_y=args.log_y,
-                            metrics=args.metrics, progress=progress)
-    progress.close()
-    if summaries is None:
-        summaries = [summarize(run) for run in runs]
-    ranking_rows = ranking(summaries) if len(runs) > 1 else None
-    text = "\n\n".join(format_summary(summary) for summary in summaries)
-    if ranking_rows:
-        metrics = ", ".join(sorted({str(row["metric"]) for row in ranking_rows}))
-        text += f"\n\n== ranking (by the mean of the last 10% of logs of {metrics})\n"
-        text += format_ranking(ranking_rows)
-    written = list(figures)
-    summary_txt = output_dir / "summary.txt"
-    summary_txt.write_text(text + "\n", encoding="utf-8", errors="backslashreplace")
-    summary_json = output_dir / "summary.json"
-    summary_json.write_text(json.dumps(_strict_json({"runs": summaries, "ranking": ranking_rows}), indent=2,
-                                       default=str, allow_nan=False), encoding="utf-8", errors="backslashreplace")
-    written += [summary_txt, summary_json, write_report(output_dir / "report.html", summaries, figures, ranking_rows)]
-    return written
-
-
-def _strict_json(value):
-    """NaN/Infinity -> None, so that summary.json parses in every JSON reader (not only Python's)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
-    return value
-
-
-def prepare_output_dir(output_dir: Path):
-    """Create --output-dir and make sure files can be written there, before any run is read."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise MonitorInputError(f"--output-dir {output_dir}: a file is there, not a directory.")
-    probe = output_dir / f".hf-trainkit-write-test-{os.getpid()}"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise MonitorInputError(f"--output-dir {output_dir}: cannot write there ({error.strerror or error}).") from None
 
 
 def monitor_command(args) -> int:

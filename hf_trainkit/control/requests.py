@@ -3,9 +3,11 @@
     RUN_DIR/control/requests/<time>-<id>.json    one per request, written atomically by `hf-trainkit control` or
                                                   the HTTP endpoint, consumed by the training's main process
     RUN_DIR/control/responses/<id>.json          what became of it (done: which checkpoint; rejected: why)
-    RUN_DIR/control/status.json                  step, epoch, last metrics, state, endpoint (written by training)
+    RUN_DIR/control/status.json                  step, epoch, last metrics, state, endpoint (written by training;
+                                                  status.py)
     RUN_DIR/control/stopping.json                the stop the training has taken (no request is queued after it)
-    RUN_DIR/control_token                        bearer token of the HTTP endpoint, mode 0600
+    RUN_DIR/control/saving.json                  the named saves it has taken and not yet written
+    RUN_DIR/control_token                        bearer token of the HTTP endpoint, mode 0600 (token.py)
 
 The training side checks `requests/` at each step boundary on the main process (one `stat`, see RequestWatcher).
 Every request is carried out or answered with why not: `submit_request` refuses (409) what nothing would carry out
@@ -22,107 +24,29 @@ import json
 import os
 import re
 import socket
-import secrets
-import stat
 import time
 import uuid
 from pathlib import Path
 
-from ..constants import CONTROL_DIR, REJECTED_DIR, REQUESTS_DIR, RESPONSES_DIR, STATUS_FILE, TOKEN_FILE
-from .discover import list_checkpoints
-from .marker import write_json_atomically
-from .policy import validate_checkpoint_name
+from ..checkpointing.discover import checkpoint_names
+from ..checkpointing.marker import write_json_atomically
+from ..checkpointing.policy import validate_checkpoint_name
+from .files import (MAX_REQUEST_BYTES, ControlError, _rejected_dir, _requests_dir, _responses_dir, control_dir,
+                    parse_request_json, read_regular_file)
+from .status import process_gone, read_status
 
 
 ACTIONS = ("save", "stop")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids become file names: no '/', '..', NUL or absolute paths
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 16
 MAX_QUEUED = 8  # requests waiting at once (the training takes one per step)
 STOPPING_FILE = "stopping.json"  # inside CONTROL_DIR
+SAVING_FILE = "saving.json"  # inside CONTROL_DIR: names of the saves taken and not yet written
 LOCK_FILE = ".lock"  # inside CONTROL_DIR
-
-
-class ControlError(ValueError):
-    """A request that cannot be accepted; `status` is the HTTP status that says so, `about_the_run` whether the
-    request is fine but the training would not carry it out now (ended, gone, stopping, the same save queued)."""
-
-    def __init__(self, message: str, status: int = 400, about_the_run: bool = False):
-        super().__init__(message)
-        self.status, self.about_the_run = status, about_the_run
-
-
-def control_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CONTROL_DIR
-
-
-def _requests_dir(run_dir) -> Path:
-    return control_dir(run_dir) / REQUESTS_DIR
-
-
-def _responses_dir(run_dir) -> Path:
-    return control_dir(run_dir) / RESPONSES_DIR
-
-
-def _rejected_dir(run_dir) -> Path:
-    return control_dir(run_dir) / REJECTED_DIR
-
-
-def json_depth(value, limit: int) -> int:
-    """Nesting depth of a parsed JSON value, counted without recursion and no further than `limit` + 1."""
-    depth, level = 0, [value]
-    while level and depth <= limit:
-        depth += 1
-        level = [child for item in level if isinstance(item, (dict, list))
-                 for child in (item.values() if isinstance(item, dict) else item)]
-        level = [item for item in level if isinstance(item, (dict, list))]
-    return depth
-
-
-def parse_request_json(raw: bytes, what: str) -> dict:
-    """A JSON object of at most MAX_REQUEST_BYTES and MAX_JSON_DEPTH levels, else ControlError saying why."""
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise ControlError(f"{what} is over {MAX_REQUEST_BYTES} bytes", status=413)
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise ControlError(f"{what} is nested too deeply") from None
-    except ValueError:  # also UnicodeDecodeError
-        raise ControlError(f"{what} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ControlError(f"{what} must be a JSON object")
-    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise ControlError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
-    return value
-
-
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The bytes of `path` if it is a regular file (not a directory, FIFO, device or symlink) of at most
-    `max_bytes`; ControlError otherwise. Opened non-blocking, so a FIFO never wedges the reader."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as error:
-        raise ControlError(f"cannot open it ({error.strerror or error})") from None
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ControlError("not a regular file")
-        if info.st_size > max_bytes:
-            raise ControlError(f"over {max_bytes} bytes", status=413)
-        with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            return handle.read(max_bytes + 1)
-    finally:
-        os.close(descriptor)
 
 
 def prepare_control_dir(run_dir: str | os.PathLike):
     _requests_dir(run_dir).mkdir(parents=True, exist_ok=True)
     _responses_dir(run_dir).mkdir(parents=True, exist_ok=True)
-
-
-def checkpoint_names(run_dir: str | os.PathLike) -> dict[str, str]:
-    """name -> checkpoint folder, for the named checkpoints of `run_dir`."""
-    return {info.marker["name"]: info.name for info in list_checkpoints(run_dir) if info.marker.get("name")}
 
 
 def check_request(run_dir: str | os.PathLike, action: str, name: str | None) -> None:
@@ -139,20 +63,6 @@ def check_request(run_dir: str | os.PathLike, action: str, name: str | None) -> 
         taken = checkpoint_names(run_dir).get(name)
         if taken:
             raise ControlError(f"name {name!r} is already used by {taken}", status=409)
-
-
-def process_gone(status: dict) -> bool:
-    """True when `status` names a process of this machine that no longer exists (killed, crashed)."""
-    pid = status.get("pid")
-    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False  # another machine (shared filesystem): cannot tell, the request waits for it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
 
 
 @contextlib.contextmanager
@@ -203,6 +113,37 @@ def _stop_taken(run_dir, status: dict | None) -> dict | None:
     return None
 
 
+def _names_taken(run_dir, status: dict | None) -> dict:
+    """name -> request id of the named saves the running training has taken off the queue (control/saving.json,
+    written by this very process): their checkpoint may not be written yet, the name is spoken for all the same."""
+    try:
+        taken = json.loads(read_regular_file(control_dir(run_dir) / SAVING_FILE, 1 << 20))
+    except (ControlError, ValueError, RecursionError):
+        return {}
+    if (isinstance(taken, dict) and status is not None and taken.get("pid") == status.get("pid")
+            and taken.get("host") == status.get("host") and isinstance(taken.get("names"), dict)):
+        return taken["names"]
+    return {}
+
+
+def _record_taken_name(run_dir, name: str, request_id: str | None):
+    """Add (or, with request_id None, remove) a name in control/saving.json, for this process."""
+    path = control_dir(run_dir) / SAVING_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    names = dict(_names_taken(run_dir, me))
+    if request_id is None:
+        names.pop(name, None)
+    else:
+        names[name] = request_id
+    write_json_atomically(path, {**me, "names": names})
+
+
+def release_name(run_dir: str | os.PathLike, name: str):
+    """The save taken under `name` failed: the name can be asked for again."""
+    with contextlib.suppress(OSError), _queue_lock(run_dir):
+        _record_taken_name(run_dir, name, None)
+
+
 def why_not_accepted(run_dir: str | os.PathLike, action: str, name: str | None) -> ControlError | None:
     """Why a request would not be carried out by the training now (409/429), or None. Needs no lock to read;
     `submit_request` asks again under the lock."""
@@ -220,6 +161,9 @@ def why_not_accepted(run_dir: str | os.PathLike, action: str, name: str | None) 
         if taken is not None:
             return ControlError(f"the training is stopping (request {taken.get('id')}): it ends after this step "
                                 "without taking another request", status=409)
+        if action == "save" and name is not None and name in _names_taken(run_dir, status):
+            return ControlError(f"a save named {name!r} was taken by the training (request "
+                                f"{_names_taken(run_dir, status)[name]}) and is being written", status=409)
     queued = [request for _, request in queued_requests(run_dir)]
     for request in queued:
         if request.get("action") == "stop":
@@ -384,6 +328,11 @@ class RequestQueue:
                 write_json_atomically(control_dir(self.run_dir) / STOPPING_FILE,
                                       {"id": request_id, "pid": os.getpid(), "host": socket.gethostname(),
                                        "taken_at": time.time()})
+            if request.get("action") == "save" and request.get("name") and self.for_this_training:
+                # Under the queue's lock, before the request file goes: a client asking for the same name while
+                # this save is written is refused (the checkpoint's marker names it only once it is written).
+                with _queue_lock(self.run_dir):
+                    _record_taken_name(self.run_dir, request["name"], request_id)
             write_response(self.run_dir, {"id": request_id, "action": request.get("action"),
                                           "name": request.get("name"), "status": "accepted"})
             self._remove(path, file_name)
@@ -435,61 +384,3 @@ def is_queued(run_dir: str | os.PathLike, request_id: str) -> bool:
         return any(name.endswith(f"-{request_id}.json") for name in os.listdir(_requests_dir(run_dir)))
     except OSError:
         return False
-
-
-def write_status(run_dir: str | os.PathLike, status: dict):
-    control_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(control_dir(run_dir) / STATUS_FILE, {**status, "updated_at": time.time()},
-                          durable=False)
-
-
-def read_status(run_dir: str | os.PathLike) -> dict | None:
-    try:
-        status = json.loads(read_regular_file(control_dir(run_dir) / STATUS_FILE, 1 << 20))
-    except (ControlError, ValueError, RecursionError):
-        return None
-    return status if isinstance(status, dict) else None
-
-
-def write_token(run_dir: str | os.PathLike, name: str = TOKEN_FILE, token: str | None = None) -> str:
-    """A bearer token (`token`, or a fresh one) in RUN_DIR/NAME (default `control_token`; the dashboard writes its
-    own), readable by the user only (0600, also if the file existed). Returns the token."""
-    token = token or secrets.token_urlsafe(32)
-    path = Path(run_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A new file of our own (O_EXCL: never one planted in advance; O_NOFOLLOW: never through a symlink), renamed
-    # over the old name: a symlink left at NAME is replaced, its target never written.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(descriptor, 0o600)
-        os.write(descriptor, token.encode())
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    return token
-
-
-def read_token(run_dir: str | os.PathLike, name: str = TOKEN_FILE) -> str | None:
-    """The token already in RUN_DIR/NAME, if that file is safe to trust: a regular file (not a symlink) of this
-    user, readable by no one else, holding one token of at least 32 URL-safe characters; None otherwise."""
-    try:
-        descriptor = os.open(Path(run_dir) / name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        info = os.fstat(descriptor)
-        if (not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077 or info.st_size > 1024
-                or (hasattr(os, "getuid") and info.st_uid != os.getuid())):
-            return None
-        token = os.read(descriptor, 1024).decode("ascii", "replace").strip()
-    finally:
-        os.close(descriptor)
-    return token if re.fullmatch(r"[A-Za-z0-9_-]{32,512}", token) else None
-
-
-def checkpoint_table(run_dir: str | os.PathLike) -> list[dict]:
-    """The checkpoints of `run_dir` as plain data (for `status` and `GET /checkpoints`)."""
-    return [{"step": i.step, "checkpoint": i.name, "name": i.marker.get("name"), "reason": i.marker.get("reason"),
-             "pinned": bool(i.marker.get("pinned")), "metrics": i.metrics, "valid": i.valid,
-             "why_not": i.reason or None} for i in list_checkpoints(run_dir)]

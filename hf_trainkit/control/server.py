@@ -32,7 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from transformers.utils import logging
 
-from .control import ControlError, checkpoint_table, is_queued, parse_request_json, read_response, submit_request
+from ..checkpointing.discover import checkpoint_table
+from .files import ControlError, parse_request_json
+from .requests import is_queued, read_response, submit_request
 
 
 logger = logging.get_logger(__name__)

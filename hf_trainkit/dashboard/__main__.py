@@ -1,4 +1,4 @@
-from .command import main
+from ..commands.dashboard import main
 
 
 if __name__ == "__main__":

@@ -140,8 +140,7 @@ class RunData:
 
     def state(self, read_only: bool = False) -> dict:
         """running / finished / stopped / gone / unknown, and whether Save and Stop can act (else why not)."""
-        from ..checkpointing.control import read_status
-        from ..checkpointing.control_command import is_running
+        from ..control.status import is_running, read_status
 
         status = read_status(self.path)
         if status is None:

@@ -39,9 +39,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..checkpointing.control import (ControlError, is_queued, read_response, read_token, settle_queue,
+from ..control import (ControlError, is_queued, read_response, read_token, settle_queue,
                                      submit_request, why_not_accepted, write_token)
-from ..checkpointing.control_server import NUMBER, ControlServer, _Handler
+from ..control.server import NUMBER, ControlServer, _Handler
 from . import data
 from .runs import RunData
 

@@ -104,7 +104,7 @@ def evaluate(model, tokenizer, rows: list[dict], reward_funcs: Sequence[Callable
              reward_threshold: float = 0.5, batch_size: int = 256, seed: int = 0) -> list[dict]:
     """One record per row: ``correct`` (samples with reward > `reward_threshold`, out of `n`), ``mean_reward``,
     ``entropy``, ``coverage`` (None unless the first reward function has ``answer_of`` and ``correct_answers_of``,
-    as `hf_trainkit.toy.digit_rule_reward` has) and ``answers`` (how often each answer was given).
+    as `hf_trainkit.tasks.digit.digit_rule_reward` has) and ``answers`` (how often each answer was given).
 
     `tokenizer` may be a vision-language processor: rows with an ``image`` or ``images`` column are then sampled
     on their images. Sampling uses its own RNG stream seeded with `seed`: the caller's (the training's) RNG state is untouched, so an

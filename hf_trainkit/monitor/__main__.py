@@ -1,4 +1,4 @@
-from .command import main
+from ..commands.monitor import main
 
 
 raise SystemExit(main())

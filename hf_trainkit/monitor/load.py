@@ -7,6 +7,7 @@ for `learning_rate`, several eval sets per step, keys with `/`, a history holdin
 from __future__ import annotations
 
 import gc
+import glob
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..argparsing import UsageError
 from ..constants import CHECKPOINT_PATTERN, LIVE_LOG_FILE, TIME_KEY, TRAINER_STATE_NAME
+from .progress import Progress
 
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
@@ -524,3 +526,30 @@ def _claimed_global_step(path: Path) -> int | None:
     if (type(step) is int or type(step) is float) and abs(step) < _LARGEST_STEP:
         return int(step)
     return None
+
+
+def expand_runs(patterns: list[str]) -> list[str]:
+    runs = []
+    for pattern in patterns:
+        if any(char in pattern for char in "*?[") and not os.path.exists(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise MonitorInputError(f"{pattern}: the pattern matches nothing.")
+            runs.extend(matches)
+        else:
+            runs.append(pattern)
+    return runs
+
+
+def load_runs(paths: list[str], labels: list[str] | None, show_progress: bool) -> tuple[list[RunHistory], list[str]]:
+    runs, errors = [], []
+    progress = Progress(len(paths), show_progress and len(paths) >= 4, "reading runs")
+    for index, path in enumerate(paths):
+        try:
+            runs.append(load_run(path, labels[index] if labels else None))
+        except MonitorInputError as error:
+            errors.append(str(error))
+        progress()
+    progress.close()
+    return runs, errors
+

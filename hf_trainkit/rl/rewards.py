@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 
 from ..tasks.chart import chart_answer_reward
-from ..toy import digit_rule_reward
+from ..tasks.digit import digit_rule_reward
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

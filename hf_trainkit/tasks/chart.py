@@ -1,6 +1,6 @@
 """The built-in chart question-answering task: small matplotlib charts, questions about them, a verifiable reward.
 
-It is the vision counterpart of the text toy task (`hf_trainkit.toy`): everything is drawn locally (no hub, no
+It is the vision counterpart of the text toy task (`hf_trainkit.tasks.digit`): everything is drawn locally (no hub, no
 downloads), so a tiny vision-language model can be RL-trained and evaluated offline on a CPU.
 
 The task: an image shows four values (1..9) over the categories ``A B C D``, as a bar chart or a line chart with a

@@ -215,6 +215,8 @@ def build_toy_base_model(tokenizer=None, *, seed: int = 0, warmup_steps: int = W
 
 def toy_base_recipe(seed: int, warmup_steps: int = WARMUP_STEPS) -> dict:
     """What `build_toy_base_model` was called with: enough to build the same base again."""
+    # The builder's name is recorded in every run (run_record.json), so it keeps the module's old name: runs saved
+    # before the move and after it record the same recipe (hf_trainkit.toy still imports, see _moved.py).
     return {"builder": "hf_trainkit.toy.build_toy_base_model", "seed": seed, "warmup_steps": warmup_steps,
             "hidden_size": 64, "num_layers": 2}
 
@@ -228,7 +230,7 @@ def build_toy_base_from_recipe(recipe: dict, tokenizer=None):
 def ensure_toy_base_model(directory: str, recipe: dict) -> str:
     """`directory` holding the base model of `recipe` (and the toy tokenizer), built and saved unless it is already
     there; returns `directory`."""
-    from .tasks.saved import ensure_saved, save_model_here
+    from .saved import ensure_saved, save_model_here
 
     def save(folder: str) -> None:
         tokenizer = build_toy_tokenizer()

@@ -1,6 +1,6 @@
 """A task with headroom at large k: the base model knows several answers per prompt, and on the hard prompts the
 right ones are rare. Built for `benchmarks/paper_fidelity.py` (Zhu et al. 2025, "The Surprising Effectiveness of
-Negative Reinforcement in LLM Reasoning"), where the toy digit task (`hf_trainkit.toy`, kept for the demo) is solved
+Negative Reinforcement in LLM Reasoning"), where the toy digit task (`hf_trainkit.tasks.digit`, kept for the demo) is solved
 by every model at k = 256 and so cannot show what happens at large k.
 
 The task. A prompt is ``"<family> <kind> <variant> ="`` (``"beta hard v7 ="``): one of `FAMILIES`, one of `KINDS`
@@ -130,7 +130,7 @@ def headroom_vocabulary() -> list[str]:
 
 
 def build_headroom_tokenizer():
-    """A word-level tokenizer over [`headroom_vocabulary`] (no download), as `hf_trainkit.toy` builds its own."""
+    """A word-level tokenizer over [`headroom_vocabulary`] (no download), as `hf_trainkit.tasks.digit` builds its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -175,7 +175,7 @@ DISTILL_LEARNING_RATE = 1e-2
 
 def build_headroom_base_model(tokenizer=None, *, seed: int = 0, distill_steps: int = DISTILL_STEPS,
                               hidden_size: int = 64, num_layers: int = 2):
-    """The base model: `hf_trainkit.toy.build_tiny_model` distilled for `distill_steps` full-batch AdamW steps to
+    """The base model: `hf_trainkit.tasks.digit.build_tiny_model` distilled for `distill_steps` full-batch AdamW steps to
     the family prior on every prompt: the loss is the cross-entropy of the first completion token against
     `FAMILY_PRIOR` (a soft target) plus that of ``</s>`` after a digit drawn from it.
 
@@ -183,7 +183,7 @@ def build_headroom_base_model(tokenizer=None, *, seed: int = 0, distill_steps: i
     """
     import torch
 
-    from ..toy import build_tiny_model
+    from .digit import build_tiny_model
 
     tokenizer = tokenizer or build_headroom_tokenizer()
     with torch.random.fork_rng(devices=[]):

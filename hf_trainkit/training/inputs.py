@@ -23,7 +23,7 @@ def load_train_dataset(options: argparse.Namespace):
             from ..tasks.chart import build_chart_dataset
 
             return build_chart_dataset(num_prompts=CHART_TRAIN_PROMPTS, seed=options.seed)
-        from ..toy import build_toy_dataset
+        from ..tasks.digit import build_toy_dataset
 
         return build_toy_dataset(num_prompts=4096, seed=options.seed)
     dataset = load_prompt_dataset("--dataset", options.dataset, options.dataset_config, options.dataset_split,
@@ -38,7 +38,7 @@ def load_eval_dataset(options: argparse.Namespace):
             from ..tasks.chart import build_chart_dataset
 
             return build_chart_dataset(split="heldout")
-        from ..toy import build_toy_dataset
+        from ..tasks.digit import build_toy_dataset
 
         return build_toy_dataset(split="heldout")
     dataset = load_prompt_dataset("--eval-dataset", options.eval_dataset, options.dataset_config, options.eval_split,
@@ -88,7 +88,7 @@ def build_model_and_tokenizer(options: argparse.Namespace, images: bool = False)
             from ..tasks.vision import build_tiny_vlm_processor
 
             return toy_base_model_dir(options), build_tiny_vlm_processor()
-        from ..toy import build_toy_tokenizer
+        from ..tasks.digit import build_toy_tokenizer
 
         return toy_base_model_dir(options), build_toy_tokenizer()
     if is_vision_model(options.model):
@@ -161,7 +161,7 @@ def prepare_base_model(options: argparse.Namespace, config):
     import json
 
     from ..constants import RUN_RECORD
-    from ..toy import ensure_toy_base_model
+    from ..tasks.digit import ensure_toy_base_model
 
     with config.main_process_first(local=config.save_on_each_node, desc="build the toy base model"):
         if not config.should_save:
@@ -203,7 +203,7 @@ def builtin_base_recipe(options: argparse.Namespace) -> dict:
         from ..tasks.vision import tiny_vlm_recipe
 
         return tiny_vlm_recipe(options.seed)
-    from ..toy import toy_base_recipe
+    from ..tasks.digit import toy_base_recipe
 
     return toy_base_recipe(options.seed, options.toy_warmup_steps)
 

@@ -56,7 +56,7 @@ MODEL_DEFAULTS = {
 
 
 def toy_warmup_default() -> int:
-    from ..toy import WARMUP_STEPS
+    from ..tasks.digit import WARMUP_STEPS
 
     return WARMUP_STEPS
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_trainkit.callbacks import CheckpointPolicyCallback, PassAtKCallback
-from hf_trainkit.toy import build_toy_dataset
+from hf_trainkit.tasks.digit import build_toy_dataset
 
 
 def train_with(make_trainer, callback_kwargs=None, **config):

@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hf_trainkit.checkpointing import (COMPLETE_MARKER, CheckpointInfo, checkpoints_to_delete,
                                        find_resume_checkpoint, inspect_checkpoint, list_checkpoints)
-from hf_trainkit.checkpointing.command import main as checkpoints_main
+from hf_trainkit.commands.checkpoints import main as checkpoints_main
 
 
 from .conftest import QUIET, ROOT, TRAIN, curves, start_and_wait_for_step, train

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_trainkit.checkpointing.control import (RequestQueue, prepare_control_dir, read_status, submit_request,
+from hf_trainkit.control import (RequestQueue, prepare_control_dir, read_status, submit_request,
                                               write_token)
 
 from .test_live_control import control, http, training, wait_for_status  # noqa: F401  (fixture)
@@ -91,13 +91,21 @@ def test_fuzzed_request_files_never_raise_or_escape(tmp_path_factory, bodies):
     for index, body in enumerate(bodies):
         (requests_dir(run) / f"{index:04d}-fuzz.json").write_bytes(body)
     queue = RequestQueue(run, warn=lambda message: None)
+    taken = []
     for _ in range(len(bodies) + 1):
         request = queue.take()
         if request is not None:
             assert request["action"] in ("save", "stop")
+            taken.append(request)
     assert list(requests_dir(run).iterdir()) == []  # every file applied, answered or quarantined
     written = {p.relative_to(run).parts[:2] for p in run.rglob("*") if p.is_file()}
-    assert written <= {("control", "responses"), ("control", "rejected")}
+    # A stop taken is recorded (stopping.json), a named save taken too (saving.json), both under the queue's lock.
+    allowed = {("control", "responses"), ("control", "rejected")}
+    if any(r["action"] == "stop" for r in taken):
+        allowed |= {("control", "stopping.json"), ("control", ".lock")}
+    if any(r["action"] == "save" and r.get("name") for r in taken):
+        allowed |= {("control", "saving.json"), ("control", ".lock")}
+    assert written <= allowed
 
 
 def test_token_file_never_follows_a_planted_symlink(tmp_path):
@@ -201,7 +209,7 @@ def test_hostile_http_clients_and_files_do_not_disturb_a_training(training, tmp_
 
 
 def test_a_body_shorter_than_its_content_length_gets_a_json_408_and_a_close(tmp_path):
-    from hf_trainkit.checkpointing.control_server import CONNECTION_TIMEOUT_SECONDS, ControlServer
+    from hf_trainkit.control.server import CONNECTION_TIMEOUT_SECONDS, ControlServer
 
     assert CONNECTION_TIMEOUT_SECONDS == 10.0  # what the README promises; the server below waits 1 s to be quick
     server = ControlServer(str(tmp_path), "secret", lambda: {"state": "running"}, connection_timeout=1.0).start()
@@ -226,8 +234,8 @@ def test_a_body_shorter_than_its_content_length_gets_a_json_408_and_a_close(tmp_
 
 @pytest.mark.parametrize("name", [5, 0, False, 1.5, ["a"], {"x": "y"}])
 def test_a_checkpoint_name_that_is_not_a_string_is_rejected_as_such(tmp_path, name):
-    from hf_trainkit.checkpointing.control import ControlError, check_request, read_response
-    from hf_trainkit.checkpointing.control_server import ControlServer
+    from hf_trainkit.control import ControlError, check_request, read_response
+    from hf_trainkit.control.server import ControlServer
 
     with pytest.raises(ControlError, match="must be a string"):
         check_request(tmp_path, "save", name)
@@ -254,14 +262,14 @@ def test_a_checkpoint_name_that_is_not_a_string_is_rejected_as_such(tmp_path, na
 # --- every accepted request is carried out or answered with why not (issue 30) ------------------------------------
 
 def _running_here(run: Path, pid: int | None = None):
-    from hf_trainkit.checkpointing.control import write_status
+    from hf_trainkit.control import write_status
 
     write_status(run, {"state": "running", "step": 5, "max_steps": 100, "pid": pid or os.getpid(),
                        "host": socket.gethostname()})
 
 
 def _refusal(run, action, name=None):
-    from hf_trainkit.checkpointing.control import ControlError
+    from hf_trainkit.control import ControlError
 
     with pytest.raises(ControlError) as refused:
         submit_request(run, action, name)
@@ -269,7 +277,7 @@ def _refusal(run, action, name=None):
 
 
 def test_nothing_is_queued_behind_a_stop_queued_or_taken(tmp_path):
-    from hf_trainkit.checkpointing.control import read_response
+    from hf_trainkit.control import read_response
 
     _running_here(tmp_path)
     early = submit_request(tmp_path, "save", "before-the-stop")
@@ -298,7 +306,7 @@ def test_nothing_is_queued_behind_a_stop_queued_or_taken(tmp_path):
 
 
 def test_a_save_already_queued_and_a_full_queue_are_refused_with_why(tmp_path):
-    from hf_trainkit.checkpointing.control import MAX_QUEUED
+    from hf_trainkit.control import MAX_QUEUED
 
     _running_here(tmp_path)
     first = submit_request(tmp_path, "save")
@@ -317,7 +325,7 @@ def test_a_save_already_queued_and_a_full_queue_are_refused_with_why(tmp_path):
 def test_concurrent_submits_queue_exactly_what_the_rules_allow(tmp_path):
     """20 processes' worth of saves at once (threads here, the lock is a file lock): one unnamed save is queued,
     the 19 others refused; never two unnamed ones through a race."""
-    from hf_trainkit.checkpointing.control import ControlError
+    from hf_trainkit.control import ControlError
 
     _running_here(tmp_path)
     outcomes, barrier = [], threading.Barrier(20)
@@ -347,7 +355,7 @@ def test_what_a_training_leaves_queued_is_rejected_with_why(tmp_path):
     from types import SimpleNamespace
 
     from hf_trainkit.callbacks.live_control import LiveControlCallback
-    from hf_trainkit.checkpointing.control import read_response, settle_queue
+    from hf_trainkit.control import read_response, settle_queue
 
     run = tmp_path / "ended"
     prepare_control_dir(run)
@@ -382,7 +390,7 @@ def test_a_stop_left_from_an_earlier_run_does_not_block_the_next_one(tmp_path):
     from types import SimpleNamespace
 
     from hf_trainkit.callbacks.live_control import LiveControlCallback
-    from hf_trainkit.checkpointing.control import read_response
+    from hf_trainkit.control import read_response
 
     prepare_control_dir(tmp_path)
     (requests_dir(tmp_path) / f"{time.time_ns():020d}-stalestop.json").write_text(
@@ -397,3 +405,27 @@ def test_a_stop_left_from_an_earlier_run_does_not_block_the_next_one(tmp_path):
         assert submit_request(tmp_path, "save")  # not "the training is stopping"
     finally:
         callback.on_train_end(args, state, SimpleNamespace())
+
+
+def test_a_name_taken_by_the_training_is_refused_until_its_save_is_written_or_fails(tmp_path):
+    """Between the training taking a named save off the queue and its checkpoint's marker naming it, the same name
+    must not be queued again (20 concurrent saves of 4 names once got 5 accepted: one name twice)."""
+    from hf_trainkit.control import ControlError, release_name, write_status
+
+    run = tmp_path / "run"
+    prepare_control_dir(run)
+    write_status(run, {"state": "running", "step": 3, "pid": os.getpid(), "host": socket.gethostname()})
+    first = submit_request(run, "save", "s0")
+    with pytest.raises(ControlError) as queued:
+        submit_request(run, "save", "s0")
+    assert queued.value.status == 409 and "already queued" in str(queued.value)
+    assert RequestQueue(run, warn=lambda message: None).take()["id"] == first  # taken: no checkpoint yet
+    with pytest.raises(ControlError) as being_written:
+        submit_request(run, "save", "s0")
+    assert being_written.value.status == 409 and first in str(being_written.value)
+    assert submit_request(run, "save", "s1")  # another name is fine
+    release_name(run, "s0")  # the save failed: the name is free again
+    assert submit_request(run, "save", "s0")
+    # A saving.json left by another process (an earlier training) holds no name for this one.
+    write_status(run, {"state": "running", "step": 3, "pid": os.getpid() + 1, "host": socket.gethostname()})
+    assert RequestQueue(run, warn=lambda message: None).take()["name"] == "s1"

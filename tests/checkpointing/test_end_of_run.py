@@ -196,7 +196,7 @@ def test_a_run_stopped_by_a_stop_request_says_where_it_stopped_and_how_to_contin
 
     from tests.testing_utils import SUBPROCESS_ENV, TRAIN
 
-    from hf_trainkit.checkpointing.control import submit_request
+    from hf_trainkit.control import submit_request
 
     run = tmp_path / "run"
     command = [sys.executable, str(TRAIN), "--mode", "psr", "--output-dir", str(run), "--seed", "3", *QUIET,

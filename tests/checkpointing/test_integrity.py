@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_trainkit.checkpointing import COMPLETE_MARKER, find_resume_checkpoint, inspect_checkpoint, list_checkpoints
-from hf_trainkit.checkpointing.command import main as checkpoints_main
+from hf_trainkit.commands.checkpoints import main as checkpoints_main
 from hf_trainkit.checkpointing.marker import IncompleteCheckpointError, write_complete_marker
 
 from .conftest import ROOT, TRAIN, curves, start_and_wait_for_step, train

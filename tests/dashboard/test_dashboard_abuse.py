@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_trainkit.checkpointing.control import write_status
+from hf_trainkit.control import write_status
 from hf_trainkit.dashboard.server import DashboardServer
 
 from .attack import Poller
@@ -277,7 +277,7 @@ def test_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
 def test_the_background_url_connects_as_soon_as_it_is_returned(tmp_path):
     import urllib.request
 
-    from hf_trainkit.dashboard import command, start_dashboard_in_background
+    from hf_trainkit.dashboard import background, start_dashboard_in_background
 
     run = tmp_path / "run"
     _write_log(run, 3)
@@ -294,7 +294,7 @@ def test_the_background_url_connects_as_soon_as_it_is_returned(tmp_path):
         assert stat.S_IMODE(log.stat().st_mode) == 0o600 and token not in log.read_text()
         assert (run / "dashboard_token").read_text() == token
     finally:
-        for process in command._BACKGROUND:
+        for process in background._BACKGROUND:
             process.terminate()
             process.wait(timeout=30)
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hf_trainkit.checkpointing.control import write_status
+from hf_trainkit.control import write_status
 from hf_trainkit.dashboard.server import DashboardServer
 from hf_trainkit.monitor.load import LIVE_LOG_FILE
 
@@ -176,7 +176,7 @@ def test_background_dashboard_returns_a_ready_url_at_once(tmp_path):
     import time
     import urllib.request
 
-    from hf_trainkit.dashboard import command, start_dashboard_in_background
+    from hf_trainkit.dashboard import background, start_dashboard_in_background
 
     run = tmp_path / "run"
     _write_log(run, 3)
@@ -197,7 +197,7 @@ def test_background_dashboard_returns_a_ready_url_at_once(tmp_path):
                 time.sleep(0.3)
         assert stat.S_IMODE((run / "dashboard_token").stat().st_mode) == 0o600
     finally:
-        for process in command._BACKGROUND:
+        for process in background._BACKGROUND:
             process.terminate()
             process.wait(timeout=30)
 
@@ -236,8 +236,8 @@ def test_background_dashboard_ends_after_the_training_process(tmp_path):
 
     run = tmp_path / "run"
     _write_log(run, 3)
-    code = ("import sys; from hf_trainkit.dashboard import command, start_dashboard_in_background as start; "
-            "print(start(sys.argv[1], 0, linger=1.0)); print(command._BACKGROUND[0].pid)")
+    code = ("import sys; from hf_trainkit.dashboard import background, start_dashboard_in_background as start; "
+            "print(start(sys.argv[1], 0, linger=1.0)); print(background._BACKGROUND[0].pid)")
     parent = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
     url, pid = parent.stdout.split()[:2]
     pid = int(pid)

@@ -23,7 +23,7 @@ def finished_run(tmp_path_factory):
 
 
 def test_final_weights_are_saved_without_checkpoints(finished_run):
-    from hf_trainkit.toy import build_toy_base_model, toy_base_recipe
+    from hf_trainkit.tasks.digit import build_toy_base_model, toy_base_recipe
 
     out, result = finished_run
     assert not list(out.glob("checkpoint-*"))
@@ -88,7 +88,7 @@ def test_eval_mistakes_are_one_line(finished_run, argv, message):
 
 def test_model_flag_keeps_the_toy_task_defaults(tmp_path, toy_tokenizer):
     """--model on the toy task changes the model's defaults (learning rate) but not the task's (answer length)."""
-    from hf_trainkit.toy import build_tiny_model
+    from hf_trainkit.tasks.digit import build_tiny_model
 
     model_dir = tmp_path / "tiny"
     build_tiny_model(toy_tokenizer, seed=1).save_pretrained(model_dir)

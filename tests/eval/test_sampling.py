@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from hf_trainkit.eval import evaluate
-from hf_trainkit.toy import (DIGIT_RULES, HELDOUT_RULE_PAIRS, build_toy_base_model, build_toy_dataset,
+from hf_trainkit.tasks.digit import (DIGIT_RULES, HELDOUT_RULE_PAIRS, build_toy_base_model, build_toy_dataset,
                              build_toy_tokenizer, digit_rule_reward, toy_prompts)
 
 

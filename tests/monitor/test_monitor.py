@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hf_trainkit.monitor import MonitorInputError, load_run
-from hf_trainkit.monitor.command import main as monitor_main
+from hf_trainkit.commands.monitor import main as monitor_main
 from hf_trainkit.monitor.grouping import group_runs
 from hf_trainkit.monitor.plots import decimate
 from hf_trainkit.monitor.summary import summarize
@@ -259,7 +259,7 @@ def test_watch_survives_half_written_files(tmp_path):
 
 
 def test_monitor_imports_no_training_stack():
-    code = ("import sys, hf_trainkit.monitor, hf_trainkit.monitor.command, hf_trainkit.monitor.plots; "
+    code = ("import sys, hf_trainkit.monitor, hf_trainkit.commands.monitor, hf_trainkit.monitor.plots; "
             "print(sorted(m for m in ('torch', 'trl', 'wandb', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_trainkit.monitor.command import main as monitor_main
+from hf_trainkit.commands.monitor import main as monitor_main
 
 from .test_monitor import CORPUS_FILES, needs_corpus
 

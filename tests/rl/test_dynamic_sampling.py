@@ -185,7 +185,7 @@ def test_zero3_two_processes_refill_alike_on_every_rank(tmp_path):
     same number of refill rounds, each generating its share of the same fresh prompts (the refill sampler's
     order), and log the same metrics."""
     pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]'")
-    from hf_trainkit.toy import build_toy_dataset
+    from hf_trainkit.tasks.digit import build_toy_dataset
     from tests.distributed.test_deepspeed_zero3 import HARNESS, run, zero3
 
     command = zero3(2, script=HARNESS.parents[1] / "rl" / "zero3_flat_groups.py")

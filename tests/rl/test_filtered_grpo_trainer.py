@@ -199,7 +199,7 @@ def test_each_mode_trains_and_logs_its_metrics(make_trainer, capsys, mode):
 @pytest.mark.parametrize("mode", ["psr", "w-reinforce", "nsr", "grpo"])
 def test_reward_rises_on_the_toy_task(make_trainer, toy_tokenizer, mode):
     """From the toy task's base model (its warm-up knows the one-rule prompts, not the two-rule ones)."""
-    from hf_trainkit.toy import build_toy_base_model
+    from hf_trainkit.tasks.digit import build_toy_base_model
 
     trainer = make_trainer(mode, max_steps=120, log_mode_summary=False, model=build_toy_base_model(toy_tokenizer))
     trainer.train()

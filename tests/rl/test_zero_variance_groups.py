@@ -65,7 +65,7 @@ def run(make_trainer, trl, steps=3, **config):
 
 
 def assert_same_weights(plain, ours, seed=0):
-    from hf_trainkit.toy import build_tiny_model
+    from hf_trainkit.tasks.digit import build_tiny_model
 
     initial = build_tiny_model(ours.processing_class, seed=seed)
     moved = max((p.detach() - q).abs().max().item() for p, q in zip(ours.model.parameters(), initial.parameters()))
@@ -107,7 +107,7 @@ def test_with_gradient_accumulation_and_several_steps_per_generation(make_traine
 
 
 def test_kl_term_keeps_the_rows_and_says_so_once(make_trainer, toy_tokenizer, tmp_path, caplog):
-    from hf_trainkit.toy import build_tiny_model
+    from hf_trainkit.tasks.digit import build_tiny_model
 
     base = str(tmp_path / "base")  # TRL loads the reference model of beta > 0 from the policy's path
     build_tiny_model(toy_tokenizer, seed=0).save_pretrained(base)

@@ -30,7 +30,7 @@ def build_model_dir(directory: str, untied: bool = False) -> str:
     """The toy base model (warmed up, so rewards vary) at hidden 128: 4 heads of 32, a head size vLLM's CPU attention
     kernels support (the built-in hidden-64 model has heads of 16, which they reject). `untied`: the output layer a
     weight of its own (for the server: its reload cannot re-pack a tied output layer, see `repack_tied_lm_head`)."""
-    from hf_trainkit.toy import build_toy_base_model, build_toy_tokenizer
+    from hf_trainkit.tasks.digit import build_toy_base_model, build_toy_tokenizer
 
     if not os.path.isfile(os.path.join(directory, "config.json")):
         tokenizer = build_toy_tokenizer()
@@ -126,7 +126,7 @@ def colocate(out_path: str, workdir: str, server_url: str | None = None) -> None
     from vllm_stand_ins import install_colocate_weight_reload, install_server_weight_transport, share_one_engine
 
     from hf_trainkit.rl import FilteredGRPOTrainer
-    from hf_trainkit.toy import build_toy_dataset, digit_rule_reward
+    from hf_trainkit.tasks.digit import build_toy_dataset, digit_rule_reward
 
     if server_url is None:
         install_colocate_weight_reload()

@@ -17,7 +17,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from hf_trainkit.distributed import adjust_for_cpu_launch  # noqa: E402
 from hf_trainkit.rl import FilteredGRPOConfig, FilteredGRPOTrainer  # noqa: E402
-from hf_trainkit.toy import build_tiny_model, build_toy_dataset, build_toy_tokenizer  # noqa: E402
+from hf_trainkit.tasks.digit import build_tiny_model, build_toy_dataset, build_toy_tokenizer  # noqa: E402
 from tests.rl.test_zero_variance_groups import HalfFlatReward, is_flat_rule  # noqa: E402
 
 

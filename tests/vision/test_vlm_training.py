@@ -166,7 +166,7 @@ def test_bad_vlm_input_is_one_line_and_exit_2(tmp_path, case):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     model = tmp_path / "model"
     if case == "text-model":
-        from hf_trainkit.toy import build_tiny_model, build_toy_tokenizer
+        from hf_trainkit.tasks.digit import build_tiny_model, build_toy_tokenizer
 
         tokenizer = build_toy_tokenizer()
         build_tiny_model(tokenizer).save_pretrained(model)
