@@ -250,9 +250,12 @@ def train_grpo_command_parser(prog: str = PROG) -> argparse.ArgumentParser:
     flag(logging_group, "wandb-project", default=None, metavar="NAME", help="W&B project (sets WANDB_PROJECT)")
     flag(logging_group, "wandb-group", default=None, metavar="NAME", help="W&B run group (or WANDB_RUN_GROUP)")
     flag(logging_group, "wandb-tags", nargs="+", default=None, metavar="TAG", help="W&B tags (or WANDB_TAGS)")
+    flag(logging_group, "log-every", type=positive_int, default=None, metavar="N",
+          help="send every tracker of --report-to (tensorboard, trackio, mlflow, wandb) one record every N steps: "
+          "the mean of the window (the console and trainer_state.json keep every step)")
     flag(logging_group, "wandb-every", type=positive_int, default=None, metavar="N",
-          help="send W&B one record every N steps (the mean of the window); implies --report-to wandb "
-          "(default with wandb: 1)")
+          help="--log-every N that also implies --report-to wandb (the older flag; --log-every wins when both "
+          "are given)")
     flag(logging_group, "run-name", default=None, metavar="NAME", help="run name for the integrations")
     flag(logging_group, "dashboard", nargs="?", type=int, const=6150, default=None, metavar="PORT",
           help="serve the live dashboard (hf-trainkit dashboard) on 127.0.0.1:PORT beside the training, in its own "

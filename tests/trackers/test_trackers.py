@@ -203,13 +203,15 @@ def test_tensorboard_scalars_split_into_one_row_per_log_call():
         ["train/epoch", "train/global_step", "train/train_runtime"]]
 
 
-def test_train_script_sends_tensorboard_and_wandb_one_record_every_n_steps(tmp_path):
+@pytest.mark.parametrize("flags", [["--report-to", "tensorboard", "--wandb-every", "3"],  # the older flag: +wandb
+                                   ["--report-to", "tensorboard", "wandb", "--log-every", "3"]])
+def test_train_script_sends_tensorboard_and_wandb_one_record_every_n_steps(tmp_path, flags):
     out = tmp_path / "nsr"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TRACKIO_"))}
     env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1")
     script = Path(__file__).parents[2] / "scripts" / "train_grpo.py"
     done = subprocess.run([sys.executable, str(script), "--mode", "nsr", "--output-dir", str(out), "--max-steps", "6",
-                           "--report-to", "tensorboard", "--wandb-every", "3", "--quiet", "--eval-every", "0",
+                           *flags, "--quiet", "--eval-every", "0",
                            "--no-save-checkpoints"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rewards = [value for _, value in state_series(out)["reward"]]
