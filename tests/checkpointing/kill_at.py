@@ -15,6 +15,17 @@ no handler, no cleanup) at POINT near the end of training, so that a test can la
                      shard) left at half its bytes, on the rank that KILL_RANK names (0 by default)
     fail-write:STEP  (--async-save) the background write of step STEP fails: `optimizer.pt` of checkpoint-STEP is
                      made a folder before the write (the file cannot be written: a real IsADirectoryError)
+
+Points that do not kill (the process ends as training makes it end):
+
+    sigterm-in-write:STEP
+                     (--async-save) the background write of step STEP sends this process a real SIGTERM, then holds
+                     its files until training has gone on to step STEP + 1 (so the preemption save there waits for
+                     it); every later background write is held 1 s, so that the stop finds it still in flight
+    raise-in-write:STEP
+                     (--async-save) the background write of step STEP is held until training has gone on to step
+                     STEP + 1, where a callback raises `RuntimeError` out of `on_step_end`; the write goes on 1 s
+                     after the raise, so that the exception finds it still in flight
 """
 
 import os
@@ -79,6 +90,46 @@ def cut_background_write_short(step: int) -> TrainerCallback:
     return went_on
 
 
+def hold_background_writes(step: int, on_first_write=None, then_hold: float = 0.0):
+    """The writer of checkpoint-`step` runs `on_first_write()` before its first file, then waits until training
+    reached step `step` + 1 (and `then_hold` s more); the writer of every later checkpoint waits `then_hold` s
+    before its first file."""
+    import threading
+    import time
+
+    from hf_trainkit.checkpointing import async_save
+
+    went_on, write, started, held = TrainingWentOn(step + 1), async_save.StagedFile.write, threading.Event(), set()
+
+    def held_write(self, torch_save, safetensors_save):
+        folder = next((part for part in reversed(self.path.parts) if part.startswith("checkpoint-")), "")
+        if folder == f"checkpoint-{step}" and not started.is_set():
+            started.set()
+            if on_first_write is not None:
+                on_first_write()
+            assert went_on.reached.wait(timeout=120), "training did not go on during the background write"
+            time.sleep(then_hold)
+        elif folder and int(folder.split("-")[1]) > step and folder not in held:
+            held.add(folder)
+            time.sleep(then_hold)
+        write(self, torch_save, safetensors_save)
+
+    async_save.StagedFile.write = held_write
+    return went_on
+
+
+class RaiseAt(TrainerCallback):
+    """Raises `RuntimeError` out of `on_step_end` at `step` (after `went_on` saw the step: callbacks run in order)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            print(f"kill_at: raising at step {self.step}", flush=True)
+            raise RuntimeError(f"kill_at: raised at step {self.step}")
+
+
 class UnwritableOptimizerFile(TrainerCallback):
     def __init__(self, step: int):
         self.step = step
@@ -93,6 +144,12 @@ def main():
     extra = []
     if point.startswith("mid-background-write:"):
         extra.append(cut_background_write_short(int(point.split(":")[1])))
+    if point.startswith("sigterm-in-write:"):
+        extra.append(hold_background_writes(int(point.split(":")[1]), lambda: os.kill(os.getpid(), signal.SIGTERM),
+                                            then_hold=1.0))
+    if point.startswith("raise-in-write:"):
+        step = int(point.split(":")[1])
+        extra += [hold_background_writes(step, then_hold=1.0), RaiseAt(step + 1)]
     if point.startswith("fail-write:"):
         extra.append(UnwritableOptimizerFile(int(point.split(":")[1])))
     if point.startswith("mid-save:"):

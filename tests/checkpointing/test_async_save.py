@@ -3,6 +3,7 @@ background write resumes bit-exact, a failed write is loud and the next save syn
 cannot fit refuses the run at start."""
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -156,3 +157,99 @@ def test_control_save_and_stop_with_async_saves(tmp_path):
                 process.kill()
     newest = list_checkpoints(out)[-1]
     assert newest.valid and find_resume_checkpoint(out, warn=False) == str(newest.path)
+
+
+def test_sigterm_during_a_background_write_waits_for_it_says_so_and_resumes_bit_exact(tmp_path, finished_run):
+    """A real SIGTERM lands while the background write of step 4 is in flight (sent from inside it; the write held
+    until training went on). The preemption save at step 5 waits for it, and the stop waits for the preemption
+    save's own write; both are said on the console. `finished_run` is the same command uninterrupted and saved
+    synchronously."""
+    out = tmp_path / "run"
+    stopped = run_script(KILL_AT, "sigterm-in-write:4", "--output-dir", out, *COMMAND, "--async-save")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM, after a clean save
+    lines = stopped.stdout.splitlines()
+    waited = [line for line in lines if line.startswith("Waited ") and "background write of checkpoint-4" in line]
+    assert len(waited) == 1 and waited[0].endswith("(before saving step 5)."), stopped.stdout[-3000:]
+    stop = lines.index("Waiting for the background write of checkpoint-5 to finish (the stop) ...")
+    assert lines[stop + 1].startswith("Background write finished")
+    assert any("Stopped by SIGTERM after saving step 5" in line for line in lines[stop + 1:]), stopped.stdout[-3000:]
+    infos = list_checkpoints(out)
+    assert [(c.name, c.valid) for c in infos] == [("checkpoint-2", True), ("checkpoint-4", True),
+                                                 ("checkpoint-5", True)], infos
+    assert infos[-1].marker["reason"] == "preempt" and not list(out.glob("checkpoint-*/hf_trainkit_writing.json"))
+    assert not (out / "training_complete.json").exists()
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):  # written while training went on
+        assert (out / "checkpoint-4" / name).read_bytes() == (finished_run / "checkpoint-4" / name).read_bytes()
+    again = run_script(TRAIN, "--output-dir", out, *COMMAND, "--async-save")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resuming from {out / 'checkpoint-5'}" in again.stdout
+    assert curves(out) == curves(finished_run)
+    for name in ("model.safetensors", "optimizer.pt"):
+        assert (out / "checkpoint-6" / name).read_bytes() == (finished_run / "checkpoint-6" / name).read_bytes()
+
+
+def test_an_exception_out_of_training_waits_for_the_background_write_and_says_so(tmp_path, finished_run):
+    """A callback raises at step 5 while the background write of step 4 is still in flight (held until then and
+    1 s after): the process waits for it before it exits with the traceback, and checkpoint-4 is complete, with
+    the files of the synchronous run's checkpoint-4."""
+    out = tmp_path / "run"
+    result = run_script(KILL_AT, "raise-in-write:4", "--output-dir", out, *COMMAND, "--async-save")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "RuntimeError: kill_at: raised at step 5" in result.stderr
+    lines = result.stdout.splitlines()
+    waiting = lines.index("Waiting for the background write of checkpoint-4 to finish (training stopped by "
+                          "RuntimeError) ...")
+    assert lines.index("kill_at: raising at step 5") < waiting and lines[waiting + 1].startswith(
+        "Background write finished")
+    infos = list_checkpoints(out)
+    assert [(c.name, c.valid) for c in infos] == [("checkpoint-2", True), ("checkpoint-4", True)], infos
+    assert not (out / "checkpoint-4" / "hf_trainkit_writing.json").exists()
+    assert find_resume_checkpoint(out, warn=False) == str(out / "checkpoint-4")
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
+        assert (out / "checkpoint-4" / name).read_bytes() == (finished_run / "checkpoint-4" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_lora_async_saves_equal_synchronous_ones_and_resume_as_from_synchronous_ones(tmp_path):
+    """`--lora`: the background writer writes the adapter (PEFT's own safetensors save), its optimizer and scheduler
+    byte for byte as a synchronous save; a resume from an asynchronously saved checkpoint trains on exactly as a
+    resume from the synchronously saved one, and as the uninterrupted synchronous run."""
+    from hf_trainkit.checkpointing.validate import inspect_checkpoint
+    from tests.testing_utils import assert_same_rng_state
+
+    command = ["--mode", "psr", "--seed", 3, *QUIET, "--lora", "--max-steps", 4, "--save-steps", 2]
+    sync, out = tmp_path / "sync", tmp_path / "async"
+    assert run_script(TRAIN, "--output-dir", sync, *command).returncode == 0
+    result = run_script(TRAIN, "--output-dir", out, *command, "--async-save")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Waiting for the background write of checkpoint-4 to finish (the end of training)" in result.stdout
+    uninterrupted = curves(sync)
+    assert curves(out) == uninterrupted
+    adapter_files = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+
+    def adapter_config(checkpoint):  # written at once, as always; it names the run's own base model folder, and
+        config = json.loads((checkpoint / "adapter_config.json").read_text())  # its module set in hash order
+        assert Path(config.pop("base_model_name_or_path")) == checkpoint.parent / "base_model"
+        return {**config, "target_modules": sorted(config["target_modules"])}
+
+    infos = list_checkpoints(out)
+    assert [c.name for c in infos] == ["checkpoint-2", "checkpoint-4"]
+    for info in infos:
+        assert inspect_checkpoint(info.path, verify=True).valid and "checksums" in info.marker
+        assert "adapter_model.safetensors" in info.marker["files"] and "model.safetensors" not in info.marker["files"]
+        for name in adapter_files:
+            assert (info.path / name).read_bytes() == (sync / info.name / name).read_bytes(), (info.name, name)
+        assert_same_rng_state(info.path / "rng_state.pth", sync / info.name / "rng_state.pth")
+        assert adapter_config(info.path) == adapter_config(sync / info.name)
+    # Both runs preempted after step 2, and resumed (each as it was saved).
+    resumed = {}
+    for run, flags in ((out, ["--async-save"]), (sync, [])):
+        shutil.rmtree(run / "checkpoint-4")
+        (run / "training_complete.json").unlink()
+        again = run_script(TRAIN, "--output-dir", run, *command, *flags)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"Resuming from {run / 'checkpoint-2'}" in again.stdout
+        resumed[run] = curves(run)
+    assert resumed[out] == resumed[sync] == uninterrupted and [s for s, *_ in uninterrupted] == [1, 2, 3, 4]
+    for name in adapter_files:
+        assert (out / "checkpoint-4" / name).read_bytes() == (sync / "checkpoint-4" / name).read_bytes(), name

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from hf_trainkit.checkpointing import list_checkpoints
-from tests.testing_utils import ROOT, SUBPROCESS_ENV, TRAIN
+from hf_trainkit.checkpointing.marker import read_marker
+from tests.testing_utils import ROOT, SUBPROCESS_ENV, TRAIN, assert_same_rng_state
 
 
 pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]'")
@@ -296,3 +297,41 @@ def test_another_process_count_per_node_under_zero3(tmp_path):
     (apart.disk(1) / "training_complete.json").unlink()
     refused(apart.run("--save-on-each-node", "--max-steps", 3, processes_per_node=2),
             "needs every shard in one folder")
+
+
+@per_node_disks
+@pytest.mark.slow
+def test_per_node_disks_with_async_saves_complete_on_every_node_and_resume_as_sync(tmp_path, reference):
+    """`--async-save` with a disk per node: each node's writer writes its part and marks it only once both nodes'
+    files are on disk; every checkpoint is complete on each node as in the synchronous `reference`, and after the
+    same preemption the resume picks the same step (checkpoint-4, as the synchronous test above) and trains on
+    exactly as the synchronous run."""
+    nodes = Nodes(tmp_path, per_node=True)
+    argv = ("--save-on-each-node", "--max-steps", 6, "--save-steps", 2, "--async-save")
+    outputs = succeeded(nodes.run(*argv))
+    assert "Waiting for the background write of checkpoint-6 to finish (the end of training)" in outputs[0]
+    for node in (0, 1):
+        disk, synchronous = nodes.disk(node), reference.disk(node)
+        infos = list_checkpoints(disk)
+        assert [(i.name, i.valid) for i in infos] == [(i.name, True) for i in list_checkpoints(synchronous)], infos
+        assert not list(disk.glob("checkpoint-*/hf_trainkit_writing.json"))
+        for info in infos:
+            assert info.marker["node"] == {"rank": node, "num_nodes": 2, "ranks": [node]}
+            assert json.loads((info.path / "hf_trainkit_nodes.json").read_text())["nodes"] == [
+                {"node": 0, "complete": True, "problem": None}, {"node": 1, "complete": True, "problem": None}]
+            files = info.marker["files"]
+            assert set(files) == set(read_marker(synchronous / info.name)["files"])  # the same files, the same part
+            for name, size in files.items():  # each rank's shard as the synchronous save wrote it
+                if name.endswith((".pt", ".safetensors")):
+                    assert (synchronous / info.name / name).stat().st_size == size, (node, info.name, name)
+            rng = f"rng_state_{node}.pth"
+            assert_same_rng_state(info.path / rng, synchronous / info.name / rng)
+            assert (info.path / "model.safetensors").read_bytes() == \
+                (synchronous / info.name / "model.safetensors").read_bytes()
+        assert curves(disk) == curves(synchronous)
+        preempted_after(disk, 4)
+    outputs = succeeded(nodes.run(*argv))
+    assert f"Resuming from {nodes.output_dir / 'checkpoint-4'}" in outputs[0]
+    assert curves(nodes.disk(0)) == curves(reference.disk(0))
+    assert curves(nodes.disk(1)) == curves(nodes.disk(0))
+    assert all(i.valid for node in (0, 1) for i in list_checkpoints(nodes.disk(node)))

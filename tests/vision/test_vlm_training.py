@@ -275,3 +275,32 @@ def test_lora_adapts_the_language_model_not_the_vision_tower():
     assert any(".language_model." in name and name.endswith("q_proj") for name in language_only)
     with_vision = adapted(lora_vision=True)
     assert any(".visual." in name for name in with_vision) and language_only < with_vision
+
+
+@pytest.mark.slow
+def test_async_saves_of_a_vlm_run_equal_synchronous_ones(vlm_run, tmp_path):
+    """`--async-save` on the VLM (`vlm_run` is the same command saved synchronously): the same curves and pass@k,
+    every checkpoint complete (checksums verified) with the processor's files, and its weights, optimizer and
+    scheduler byte for byte those of the synchronous run."""
+    from hf_trainkit.checkpointing.validate import inspect_checkpoint
+    from tests.testing_utils import assert_same_rng_state
+
+    reference, out = vlm_run.output_dir, tmp_path / "async"
+    result = train(out, "--max-steps", 6, "--save-steps", 2, "--eval-every", 3, "--eval-n", 4, "--eval-k", 1, 4,
+                   "--async-save")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Waiting for the background write of checkpoint-6 to finish (the end of training)" in result.stdout
+    assert curves(out) == curves(reference)
+    evals = [[(h["step"], h["eval/pass@1"], h["eval/pass@4"]) for h in log_history(run) if "eval/pass@1" in h]
+             for run in (out, reference)]
+    assert evals[0] == evals[1] and len(evals[0]) == 3
+    infos = list_checkpoints(out)
+    assert [c.name for c in infos] == [c.name for c in list_checkpoints(reference)] == [f"checkpoint-{s}" for s in
+                                                                                       (2, 4, 6)]
+    for info in infos:
+        assert inspect_checkpoint(info.path, verify=True).valid and "checksums" in info.marker
+        assert {"processor_config.json", "chat_template.jinja", "config.json"} <= set(info.marker["files"])
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "processor_config.json"):
+            assert (info.path / name).read_bytes() == (reference / info.name / name).read_bytes(), (info.name, name)
+        assert_same_rng_state(info.path / "rng_state.pth", reference / info.name / "rng_state.pth")
+    assert find_resume_checkpoint(out, warn=False) == str(out / "checkpoint-6")
