@@ -32,6 +32,8 @@ from pathlib import Path
 
 # --- host copies ----------------------------------------------------------------------------------------------------
 
+SMALL_FILE_BYTES = 64 << 10  # a torch.save of less tensor data than this (RNG states) is written at once
+
 
 class HostBufferPool:
     """Host memory for the staged copies, kept from one save to the next: the state has the same sizes at every
@@ -182,9 +184,16 @@ def _redirecting_torch_save(obj, f, *args, **kwargs):
             "_use_new_zipfile_serialization", "pickle_protocol"}:
         return _real_torch_save()(obj, f, *args, **kwargs)
     staged, pool = active
-    buffer = io.BytesIO()
-    pickler = _StagingPickler(buffer, pool, staged.buffers, protocol=kwargs.get("pickle_protocol", 2))
+    buffer, taken = io.BytesIO(), []
+    pickler = _StagingPickler(buffer, pool, taken, protocol=kwargs.get("pickle_protocol", 2))
     pickler.dump(obj)
+    if sum(copy.nbytes() for copy in pickler.copies) < SMALL_FILE_BYTES:
+        # Small (RNG states, training_args.bin): written at once, byte for byte what a save without staging writes
+        # (the round trip through the staged pickle would lose pickle's memo of shared strings: same states, other
+        # bytes), and costing the training nothing worth a thread.
+        pool.give_back(taken)
+        return _real_torch_save()(obj, f, **kwargs)
+    staged.buffers.extend(taken)
     staged.files.append(StagedFile(Path(f), "torch", pickled=buffer.getvalue(), copies=pickler.copies,
                                    save_kwargs=kwargs))
 

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from hf_trainkit.checkpointing import COMPLETE_MARKER, find_resume_checkpoint, list_checkpoints
+from hf_trainkit.checkpointing import async_save
 from hf_trainkit.checkpointing.async_save import HostBufferPool, host_copy_problem, staging, write_staged
 from tests.testing_utils import SUBPROCESS_ENV, run_script
 
@@ -28,7 +29,8 @@ def _state():
             "half": weights.half(), "nested": [1, "x", {"steps": torch.arange(5), "none": None}]}
 
 
-def test_staged_files_hold_the_bytes_a_direct_save_writes_at_the_time_of_the_save(tmp_path):
+def test_staged_files_hold_the_bytes_a_direct_save_writes_at_the_time_of_the_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(async_save, "SMALL_FILE_BYTES", 0)  # stage even these few KB
     state = _state()
     (tmp_path / "direct").mkdir()
     (tmp_path / "staged").mkdir()
@@ -58,7 +60,8 @@ def test_staged_files_hold_the_bytes_a_direct_save_writes_at_the_time_of_the_sav
     assert {b.data_ptr() for b in again.buffers} <= buffers
 
 
-def test_only_the_staging_thread_is_redirected(tmp_path):
+def test_only_the_staging_thread_is_redirected(tmp_path, monkeypatch):
+    monkeypatch.setattr(async_save, "SMALL_FILE_BYTES", 0)
     other = tmp_path / "other.pt"
     with staging(HostBufferPool()) as staged:
         thread = threading.Thread(target=torch.save, args=({"x": torch.ones(3)}, other))
@@ -68,6 +71,22 @@ def test_only_the_staging_thread_is_redirected(tmp_path):
         torch.save({"x": torch.ones(3)}, tmp_path / "mine.pt")
     assert [f.path.name for f in staged.files] == ["mine.pt"] and not (tmp_path / "mine.pt").exists()
     assert torch.save.__module__ == "torch.serialization"  # put back after the block
+
+
+def test_a_small_torch_save_is_written_at_once_byte_for_byte(tmp_path):
+    """RNG states (a few KB) are written at once, as without staging: the same bytes as a direct torch.save (staged,
+    the round trip through the staged pickle gave the same states in other bytes)."""
+    state = {"python": __import__("random").getstate(), "cpu": torch.get_rng_state(), "device": "cpu"}
+    for folder in ("direct", "at_once"):  # same file name: torch.save names the archive's folder after it
+        (tmp_path / folder).mkdir()
+    torch.save(state, tmp_path / "direct" / "rng_state.pth")
+    with staging(HostBufferPool()) as staged:
+        torch.save(state, tmp_path / "at_once" / "rng_state.pth")
+        assert (tmp_path / "at_once" / "rng_state.pth").is_file()  # on disk before the block ends: not staged
+        torch.save({"big": torch.zeros(async_save.SMALL_FILE_BYTES // 4 + 1)}, tmp_path / "big.pt")
+    assert [f.path.name for f in staged.files] == ["big.pt"] and not (tmp_path / "big.pt").exists()
+    at_once, direct = (tmp_path / folder / "rng_state.pth" for folder in ("at_once", "direct"))
+    assert at_once.read_bytes() == direct.read_bytes()
 
 
 @pytest.mark.parametrize("per_process,processes,available,fits", [
