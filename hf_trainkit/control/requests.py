@@ -161,9 +161,10 @@ def why_not_accepted(run_dir: str | os.PathLike, action: str, name: str | None) 
         if taken is not None:
             return ControlError(f"the training is stopping (request {taken.get('id')}): it ends after this step "
                                 "without taking another request", status=409)
-        if action == "save" and name is not None and name in _names_taken(run_dir, status):
+        being_written = _names_taken(run_dir, status) if action == "save" and name is not None else {}
+        if name in being_written:
             return ControlError(f"a save named {name!r} was taken by the training (request "
-                                f"{_names_taken(run_dir, status)[name]}) and is being written", status=409)
+                                f"{being_written[name]}) and is being written", status=409)
     queued = [request for _, request in queued_requests(run_dir)]
     for request in queued:
         if request.get("action") == "stop":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..constants import CHECKPOINT_PATTERN, COMPLETE_MARKER, LIVE_LOG_FILE, LOG_FILE, TRAINING_COMPLETE
 from ..monitor.load import json_loads, read_live_log
+from ..monitor.tracker_runs import tracker_files
 from . import data
 
 
@@ -112,7 +113,7 @@ class RunData:
         # only when one of them changed (a `stat` each otherwise).
         from ..monitor.load import MonitorInputError, load_run
 
-        signature = _state_files(self.path) or _tracker_files(self.path)
+        signature = _state_files(self.path) or tracker_files(self.path)
         if signature == self._identity:
             return
         try:
@@ -281,27 +282,18 @@ def _mtime(path: Path) -> int:
         return 0
 
 
-def _tracker_files(run: Path) -> tuple:
-    """(path, mtime, size) of the files of another tracker's run at `run` (event files, W&B run files, a Trackio
-    database and its write-ahead log): what says it changed."""
-    from ..monitor.tracker_runs import tracker_files
-
-    return tracker_files(run)
-
-
 def is_run_dir(path: Path) -> bool:
     """Whether `path` looks like an output dir a dashboard can show: a live log, a trainer_state.json, a
     checkpoint, a live-control status or a completion marker; or another tracker's run (TensorBoard event files,
     a W&B run, a Trackio database) or a folder holding one."""
     from ..constants import CONTROL_DIR, STATUS_FILE
 
-    if _tracker_files(path):
-        return True
-
     try:
-        return path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()
-                                  or (path / CONTROL_DIR / STATUS_FILE).is_file()
-                                  or (path / TRAINING_COMPLETE).is_file()
-                                  or any(CHECKPOINT_PATTERN.match(c.name) for c in path.iterdir()))
+        if path.is_dir() and ((path / LIVE_LOG_FILE).is_file() or (path / "trainer_state.json").is_file()
+                              or (path / CONTROL_DIR / STATUS_FILE).is_file()
+                              or (path / TRAINING_COMPLETE).is_file()
+                              or any(CHECKPOINT_PATTERN.match(c.name) for c in path.iterdir())):
+            return True
     except OSError:
-        return False
+        pass
+    return bool(tracker_files(path))  # the trackers' scan only when none of our own files is there

@@ -13,6 +13,7 @@ from .load import MonitorInputError, RunHistory, default_label, parse_state
 _DB_RUN = re.compile(r"^.+\.db:[^/]+$")  # a Trackio project file and one of its runs: project.db:RUN
 _TOLD: set[str] = set()
 _RENAMES_TOLD: set[tuple[str, str]] = set()
+_LOOKED_IN: set[Path] = set()  # output dirs already scanned for trackers' copies (the note is said once anyway)
 # The folders trackers keep their runs in: a run found there is named after the folder above (the output dir).
 _TRACKER_FOLDERS = ("wandb", "runs", "logs", "tensorboard", "trackio")
 
@@ -67,6 +68,9 @@ def say_trackers_also_there(directory: Path):
     run is read once)."""
     from ..trackers import tracker_runs_in
 
+    if directory in _LOOKED_IN:  # `--watch` and the dashboard read the same run again and again
+        return
+    _LOOKED_IN.add(directory)
     try:
         found = tracker_runs_in(directory)
     except OSError:
